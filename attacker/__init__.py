@@ -1,0 +1,1 @@
+"""attacker package."""
