@@ -1,0 +1,185 @@
+"""API throughput vs in-process batched forward of the same model, in the same run.
+
+    .venv/bin/python bench/api_throughput.py --checkpoint runs/victim        # full (about 1 min)
+    .venv/bin/python bench/api_throughput.py --quick                          # smoke check (random width-8 model)
+
+Starts ``heist-server serve`` (real uvicorn; embedded store unless --redis URL) on a free loopback port,
+creates an ``unlimited`` account through the admin endpoint, then for each concurrency level
+(1, 8, 32) keeps that many requests in flight for --seconds and measures images/s and p50/p99
+request latency. The in-process baseline runs the same checkpoint's encoder on the same images
+(already decoded) in batches of concurrency x images-per-request (capped at the server's max batch).
+Prints a table and writes results/api_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint  # noqa: E402
+from shared.images import encode_image  # noqa: E402
+from shared.models import representation_dim  # noqa: E402
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs) * 1000, q)) if xs else float("nan")
+
+
+async def _api_level(url: str, key: str, bodies: list[bytes], n_img: int, conc: int, seconds: float) -> dict:
+    lat: list[float] = []
+    done = 0
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60,
+                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}) as c:
+        async def worker(i: int):
+            nonlocal done, errors
+            j = i
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                r = await c.post("/v1/embeddings", content=bodies[j % len(bodies)])
+                lat.append(time.perf_counter() - t0)
+                if r.status_code == 200:
+                    done += n_img
+                else:
+                    errors += 1
+                j += conc
+        await asyncio.gather(*[worker(i) for i in range(conc)])  # warm-up round is the first second's cost
+        t1 = time.perf_counter()
+    elapsed = max(1e-9, t1 - (stop_at - seconds))
+    return {"images_per_s": done / elapsed, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "requests": len(lat), "errors": errors}
+
+
+def _inproc_level(ck: Checkpoint, images: np.ndarray, batch: int, seconds: float) -> dict:
+    lat: list[float] = []
+    done = 0
+    i = 0
+    with torch.inference_mode():
+        ck.encoder(torch.from_numpy(images[:batch]).permute(0, 3, 1, 2).float().div_(255))  # warm-up
+        t_end = time.perf_counter() + seconds
+        t_start = time.perf_counter()
+        while time.perf_counter() < t_end:
+            idx = np.arange(i, i + batch) % len(images)
+            t0 = time.perf_counter()
+            x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float().div_(255)
+            ck.encoder(x).numpy()
+            lat.append(time.perf_counter() - t0)
+            done += batch
+            i += batch
+        elapsed = time.perf_counter() - t_start
+    return {"images_per_s": done / elapsed, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "batch": batch}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="victim checkpoint folder (default: a random-init ResNet-18)")
+    p.add_argument("--width", type=int, default=32, help="width of the random-init model when no --checkpoint")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--images-per-request", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=8.0, help="per concurrency level")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (server and baseline alike)")
+    p.add_argument("--redis", help="redis:// URL (default: the embedded store)")
+    p.add_argument("--quick", action="store_true", help="width-8 model, 1.5 s per level: checks the script works")
+    p.add_argument("--out", default=str(REPO / "results" / "api_throughput.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.width = 1.5, 8
+    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
+    torch.set_num_threads(threads)
+
+    tmp = Path(tempfile.mkdtemp(prefix="heist-bench-"))
+    if args.checkpoint:
+        ck_dir = Path(args.checkpoint)
+    else:
+        torch.manual_seed(0)
+        cfg = EncoderConfig(arch="resnet18", width=args.width, representation_dim=representation_dim("resnet18", args.width),
+                            head=HeadSpec(hidden_dim=64, out_dim=32))
+        ck_dir = save_checkpoint(Checkpoint(cfg), tmp / f"random-resnet18-w{args.width}")
+    ck = load_checkpoint(ck_dir).eval()
+    size = ck.config.input_size
+    rng = np.random.default_rng(0)
+    n_img = args.images_per_request
+    images = rng.integers(0, 256, (256, size, size, 3), dtype=np.uint8)
+    encoded = [encode_image(im, "PNG") for im in images]
+    bodies = [json.dumps({"input": [encoded[(i * n_img + k) % len(encoded)] for k in range(n_img)],
+                          "encoding_format": "base64"}).encode() for i in range(64)]
+
+    admin = secrets.token_urlsafe(24)
+    port = _port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}
+    env.update({"HEIST_ADMIN_TOKEN": admin, "HEIST_SERVER_SECRET": secrets.token_urlsafe(24), "HEIST_TORCH_THREADS": str(threads),
+                "HEIST_STORE_PREFIX": "bench-" + secrets.token_hex(3), "HEIST_LOG_LEVEL": "warning"})
+    if args.redis:
+        env["REDIS_URL"] = args.redis
+    (tmp / "server.json").write_text(json.dumps({"max_images_per_request": max(64, n_img)}))
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(ck_dir), "--port", str(port), "--config", str(tmp / "server.json"),
+           "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "server.log").open("w"))
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError("server exited: " + (tmp / "server.log").read_text()[-2000:])
+            time.sleep(0.2)
+        key = httpx.post(url + "/v1/admin/accounts", json={"name": "bench", "tier": "unlimited"},
+                         headers={"Authorization": f"Bearer {admin}"}).json()["api_key"]
+        for conc in args.concurrency:
+            api = asyncio.run(_api_level(url, key, bodies, n_img, conc, args.seconds))
+            batch = min(args.max_batch, conc * n_img)
+            ref = _inproc_level(ck, images, batch, args.seconds)
+            rows.append({"concurrency": conc, "api": api, "in_process": ref, "ratio": api["images_per_s"] / ref["images_per_s"]})
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+    print(f"model {ck.config.arch} width {ck.config.width} ({ck_dir.name}), {n_img} images/request, PNG base64 in, "
+          f"base64 float32 out, torch threads {threads}, {os.cpu_count()} CPUs, store {'redis' if args.redis else 'embedded'}")
+    print(f"{'conc':>4} | {'API img/s':>10} {'p50 ms':>8} {'p99 ms':>8} | {'in-proc img/s':>13} {'batch':>5} {'p50 ms':>8} {'p99 ms':>8} | {'API/in-proc':>11}")
+    for r in rows:
+        a, b = r["api"], r["in_process"]
+        print(f"{r['concurrency']:>4} | {a['images_per_s']:>10.1f} {a['p50_ms']:>8.1f} {a['p99_ms']:>8.1f} | "
+              f"{b['images_per_s']:>13.1f} {b['batch']:>5d} {b['p50_ms']:>8.1f} {b['p99_ms']:>8.1f} | {r['ratio']:>10.1%}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": " ".join(["bench/api_throughput.py", *(argv or sys.argv[1:])]),
+                               "model": {"arch": ck.config.arch, "width": ck.config.width, "checkpoint": str(ck_dir)},
+                               "images_per_request": n_img, "seconds_per_level": args.seconds, "torch_threads": threads,
+                               "cpus": os.cpu_count(), "store": "redis" if args.redis else "embedded",
+                               "cuda": torch.cuda.is_available(), "rows": rows}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""heist-server: the provider's commands (make data, train victims, report on a checkpoint, serve the API,
+manage accounts)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from shared.data.synthetic import DataSpec, cache_dir, make_all
+
+    spec = DataSpec(seed=args.seed)
+    if args.scale != 1.0:
+        spec = spec.scaled(args.scale)
+    sets = make_all(spec)
+    print(f"dataset {spec.name} (seed {spec.seed}) cached in {cache_dir(spec)}")
+    for name, ds in sets.items():
+        print(f"  {name:14s} {len(ds):6d} images  domain={spec.splits[name].domain}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from shared.train import get_preset
+
+    cfg = get_preset(args.preset)
+    update: dict = {}
+    for field in ("epochs", "seed", "width", "batch_size", "lr", "device", "threads"):
+        v = getattr(args, field)
+        if v is not None:
+            update[field] = v
+    if args.no_watermark:
+        update["watermark"] = False
+    if args.kind:
+        update["kind"] = args.kind
+    if args.domain == "shifted":
+        update["train_split"] = "shifted_train"
+    if args.data_seed is not None:
+        update["data"] = cfg.data.model_copy(update={"seed": args.data_seed})
+    return cfg.model_validate({**cfg.model_dump(), **update})
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from shared.device import resolve_device
+    from shared.train.evaluate import format_report, full_report
+    from shared.train.simclr import finalize, train
+
+    cfg = _train_config(args)
+    out = Path(args.out)
+    print(f"training {cfg.kind} {cfg.arch} (width {cfg.width}) preset={cfg.preset} epochs={cfg.epochs} "
+          f"split={cfg.train_split} watermark={cfg.watermark} seed={cfg.seed} -> {out}", flush=True)
+    outcome = train(cfg, out, progress=not args.quiet)
+    if outcome.resumed_from:
+        print(f"resumed after epoch {outcome.resumed_from}")
+    print(f"trained {outcome.epochs_run} epochs in {outcome.seconds:.0f} s ({outcome.images_per_s:.0f} img/s)", flush=True)
+    metrics = full_report(outcome.checkpoint, cfg.data, resolve_device(cfg.device), cfg.probe_train_size,
+                          with_baseline=not args.no_baseline, progress=not args.quiet)
+    metrics["train_seconds"] = round(outcome.seconds, 1)
+    metrics["train_images_per_s"] = round(outcome.images_per_s, 1)
+    finalize(outcome, out, metrics)
+    print(format_report({k: v for k, v in metrics.items() if not k.startswith("train_")}))
+    print(f"checkpoint written to {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from shared.checkpoint import load_checkpoint
+    from shared.data.synthetic import DataSpec
+    from shared.device import resolve_device
+    from shared.train.evaluate import format_report, full_report
+
+    ckpt = load_checkpoint(args.checkpoint)
+    spec = DataSpec.model_validate(ckpt.config.data["spec"]) if "spec" in ckpt.config.data else DataSpec()
+    metrics = full_report(ckpt, spec, resolve_device("auto"), with_baseline=not args.no_baseline, progress=True)
+    print(json.dumps(metrics, indent=2) if args.json else format_report(metrics))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.config import load_config
+    from server.logs import setup_logging
+
+    cfg = load_config(args.config, checkpoint=args.checkpoint, host=args.host, port=args.port, device=args.device,
+                      max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    if cfg.checkpoint is None:
+        raise ValueError("no checkpoint: pass --checkpoint DIR (or set HEIST_CHECKPOINT)")
+    if not cfg.checkpoint.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {cfg.checkpoint} not found")
+    setup_logging(cfg.log_level)
+    app = create_app(cfg)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=5, proxy_headers=False, server_header=False)
+    return 0
+
+
+def _store_from_env(args: argparse.Namespace):
+    from server.config import load_config
+    from server.store import open_store
+
+    cfg = load_config(args.config)
+    if cfg.redis_url is None:
+        raise ValueError("REDIS_URL is not set: the embedded store lives inside one server process; "
+                         "set REDIS_URL=redis://... or use the admin endpoint POST /v1/admin/accounts")
+    return cfg, open_store(cfg.redis_url, cfg.store_prefix, cfg.store_timeout_s)
+
+
+def _cmd_accounts(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from server.accounts import make_account
+    from server.store import StoreUnavailable
+
+    cfg, store = _store_from_env(args)
+
+    async def run() -> int:
+        try:
+            if args.action == "create":
+                if args.tier not in cfg.tiers:
+                    raise ValueError(f"unknown tier {args.tier!r}; known: {', '.join(sorted(cfg.tiers))}")
+                from shared.schemas import AccountCreate
+
+                AccountCreate(name=args.name, tier=args.tier)  # same validation as the admin endpoint
+                acct, key = make_account(args.name, args.tier)
+                await store.add(acct)
+                print(f"created account {acct.id} name={acct.name} tier={acct.tier}", file=sys.stderr)
+                print("API key (shown once; only its hash is stored):", file=sys.stderr)
+                print(key, flush=True)
+                return 0
+            if args.action == "list":
+                accts = await store.list()
+                rows = [a.info(await store.usage(a.id)) for a in accts]
+                if args.json:
+                    print(json.dumps([r.model_dump() for r in rows], indent=2))
+                else:
+                    print(f"{'id':22s} {'name':20s} {'tier':10s} {'revoked':7s} {'requests':>9s} {'images':>9s}  created")
+                    for r in rows:
+                        print(f"{r.id:22s} {r.name:20s} {r.tier:10s} {str(r.revoked).lower():7s} "
+                              f"{r.usage.requests:9d} {r.usage.images:9d}  {r.created_at}")
+                return 0
+            acct = await store.get(args.account)
+            if acct is None:
+                print(f"heist-server accounts {args.action}: no account {args.account!r}", file=sys.stderr)
+                return 1
+            if args.action == "revoke":
+                await store.revoke(acct.id)
+                print(f"revoked {acct.id} ({acct.name})")
+                return 0
+            print(acct.info(await store.usage(acct.id)).model_dump_json(indent=2))
+            return 0
+        except StoreUnavailable as e:
+            raise RuntimeError(str(e)) from None
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="heist-server", description="Encoder Heist provider: data, victim training, checkpoint reports, "
+                                "the victim API and its accounts.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="generate (or reuse) the procedural heist-shapes dataset on disk")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--scale", type=float, default=1.0, help="multiply every split size (tiny runs use 0.05)")
+    d.set_defaults(func=_cmd_data)
+
+    t = sub.add_parser("train", help="train a SimCLR encoder (victim with rotation watermark, or an independent control)")
+    t.add_argument("--preset", default="cpu", help="tiny (~1 min), cpu (default victim, <=15 min on 2 cores), gpu-r18, gpu-r34, gpu-r50 (CUDA)")
+    t.add_argument("--out", required=True, help="checkpoint folder (also holds the per-epoch resume state)")
+    t.add_argument("--kind", choices=["victim", "independent"], help="label written in the checkpoint config")
+    t.add_argument("--domain", choices=["in", "shifted"], default="in", help="train on the in-distribution or the shifted domain")
+    t.add_argument("--no-watermark", action="store_true", help="train without the rotation predictor (negative controls)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--data-seed", type=int, help="dataset seed (default: the preset's)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--width", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    t.add_argument("--threads", type=int, help="torch CPU threads")
+    t.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline probes")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=_cmd_train)
+
+    r = sub.add_parser("report", help="linear-probe and watermark report of a checkpoint")
+    r.add_argument("checkpoint")
+    r.add_argument("--no-baseline", action="store_true")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("serve", help="serve the victim embeddings API (uvicorn)")
+    s.add_argument("--checkpoint", help="checkpoint folder (or HEIST_CHECKPOINT)")
+    s.add_argument("--config", help="server config file, JSON or TOML (or HEIST_CONFIG); secrets come from env")
+    s.add_argument("--host", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port (default 8000)")
+    s.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    s.add_argument("--max-batch", type=int, help="micro-batch size cap (images)")
+    s.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill")
+    s.set_defaults(func=_cmd_serve)
+
+    a = sub.add_parser("accounts", help="manage API accounts in the store named by REDIS_URL")
+    a.add_argument("--config", help="server config file (for the tier names)")
+    asub = a.add_subparsers(dest="action", required=True)
+    ac = asub.add_parser("create", help="create an account; prints the new API key alone on the last line")
+    ac.add_argument("name")
+    ac.add_argument("--tier", required=True)
+    al = asub.add_parser("list", help="list accounts with usage")
+    al.add_argument("--json", action="store_true")
+    ar = asub.add_parser("revoke", help="revoke an account's key (by id or name)")
+    ar.add_argument("account")
+    ash = asub.add_parser("show", help="show one account (by id or name) with usage")
+    ash.add_argument("account")
+    a.set_defaults(func=_cmd_accounts)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValidationError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"heist-server {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

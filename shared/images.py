@@ -1,0 +1,137 @@
+"""Images on the wire: encode for requests (clients) and decode + validate + preprocess (server).
+
+Decoding is defensive: strict base64, a byte cap per image, an allow-list of formats checked from
+the file header (not from what the client claims), a pixel cap checked *before* the pixels are
+decoded (decompression bombs), and truncated/corrupt files reported as :class:`ImageError` with
+the index of the offending input, never as an unexpected exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+FORMATS = ("PNG", "JPEG", "WEBP")
+MIME = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
+_DATA_URI = re.compile(r"^data:([^;,]*)((?:;[^;,]*)*),", re.IGNORECASE)
+
+
+@dataclass
+class ImageError(Exception):
+    """A bad input image. ``status``: 413 too large, 415 format not allowed, 422 malformed."""
+
+    index: int
+    status: int
+    type: str
+    message: str
+
+    @property
+    def param(self) -> str:
+        return f"input[{self.index}]"
+
+    def __str__(self) -> str:
+        return f"{self.param}: {self.message}"
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    formats: tuple[str, ...] = FORMATS
+    max_pixels: int = 4096 * 4096
+    max_bytes: int = 8 * 1024 * 1024
+
+
+def encode_image(img: np.ndarray | Image.Image, fmt: str = "PNG", data_uri: bool = False, **save_kw) -> str:
+    """uint8 HWC array (or PIL image) -> base64 string (or data: URI) for a request."""
+    pil = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8))
+    buf = io.BytesIO()
+    pil.save(buf, format=fmt, **save_kw)
+    b64 = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f"data:image/{fmt.lower()};base64,{b64}" if data_uri else b64
+
+
+def _payload(s: str, index: int, limits: ImageLimits) -> bytes:
+    s = s.strip()
+    if s[:5].lower() == "data:":
+        m = _DATA_URI.match(s)
+        if not m:
+            raise ImageError(index, 422, "invalid_image", "malformed data: URI (expected data:image/<type>;base64,<data>)")
+        mime, params = m.group(1).lower(), m.group(2).lower()
+        if ";base64" not in params:
+            raise ImageError(index, 422, "invalid_image", "data: URI must be base64-encoded (;base64)")
+        if mime and mime not in MIME:
+            raise ImageError(index, 415, "unsupported_media_type",
+                             f"data: URI media type {mime!r} not allowed; allowed: {', '.join(sorted(MIME))}")
+        s = s[m.end():]
+    # base64 of max_bytes bytes is 4/3 as long; refuse before decoding anything larger
+    if len(s) > (limits.max_bytes * 4) // 3 + 8:
+        raise ImageError(index, 413, "image_too_large", f"encoded image exceeds {limits.max_bytes} bytes")
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ImageError(index, 422, "invalid_image", f"malformed base64: {e}") from None
+    if not raw:
+        raise ImageError(index, 422, "invalid_image", "empty image")
+    if len(raw) > limits.max_bytes:
+        raise ImageError(index, 413, "image_too_large", f"image is {len(raw)} bytes, limit {limits.max_bytes}")
+    return raw
+
+
+def decode_image(s: str, index: int, limits: ImageLimits) -> Image.Image:
+    """base64 / data: URI -> RGB PIL image, validated against ``limits``."""
+    raw = _payload(s, index, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw), formats=None)
+            fmt = (img.format or "").upper()
+            if fmt not in limits.formats:
+                raise ImageError(index, 415, "unsupported_media_type",
+                                 f"image format {fmt or 'unknown'} not allowed; allowed: {', '.join(limits.formats)}")
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageError(index, 422, "invalid_image", f"image has no pixels ({w}x{h})")
+            if w * h > limits.max_pixels:
+                raise ImageError(index, 413, "image_too_large",
+                                 f"image is {w}x{h} = {w * h} pixels, limit {limits.max_pixels} (decompression bomb guard)")
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # animated WebP: first frame only
+            img.load()
+            return img.convert("RGB")
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(index, 413, "image_too_large", f"decompression bomb guard: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageError(index, 422, "invalid_image", "not a decodable image (PNG, JPEG or WebP expected)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:  # truncated / corrupt streams
+        raise ImageError(index, 422, "invalid_image", f"corrupt or truncated image: {e}") from None
+
+
+def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` (bicubic), centre-crop to size x size; uint8 HWC."""
+    w, h = img.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def preprocess(inputs: list[str], size: int, limits: ImageLimits) -> np.ndarray:
+    """Decode, validate, convert to RGB, resize/centre-crop: uint8 (N, size, size, 3).
+
+    Raises :class:`ImageError` for the first bad input (by index).
+    """
+    out = np.empty((len(inputs), size, size, 3), dtype=np.uint8)
+    for i, s in enumerate(inputs):
+        out[i] = resize_center_crop(decode_image(s, i, limits), size)
+    return out

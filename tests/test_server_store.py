@@ -1,0 +1,159 @@
+"""Account store (both backends, the Redis one on a real Redis), keys, config, images, batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import numpy as np
+import pytest
+import torch
+from conftest import cleanup_prefix, free_port  # noqa: I001
+
+from server.accounts import hash_key, key_matches, make_account
+from server.config import ConfigError, RateLimit, load_config
+from server.store import AccountExists, RequestRecord, StoreUnavailable, open_store
+from shared.images import ImageError, ImageLimits, decode_image, encode_image, resize_center_crop
+from shared.schemas import decode_embedding, encode_embedding
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store(request, redis_url):
+    prefix = "heist-unit-" + secrets.token_hex(4)
+    s = open_store(redis_url if request.param == "redis" else None, prefix)
+    yield s
+    asyncio.run(s.close()) if request.param == "embedded" else None
+    if request.param == "redis":
+        cleanup_prefix(redis_url, prefix)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_accounts_lifecycle(store):
+    async def go():
+        acct, key = make_account("alice", "free")
+        await store.add(acct)
+        with pytest.raises(AccountExists):
+            await store.add(make_account("alice", "standard")[0])
+        got = await store.by_key_hash(hash_key(key))
+        assert got.id == acct.id and got.tier == "free" and not got.revoked
+        assert await store.by_key_hash(hash_key(key + "x")) is None
+        assert (await store.get("alice")).id == acct.id and (await store.get(acct.id)).name == "alice"
+        assert [a.id for a in await store.list()] == [acct.id]
+        assert await store.revoke(acct.id) and (await store.get(acct.id)).revoked
+        assert not await store.revoke("acct_missing") and await store.get("acct_missing") is None
+        assert (await store.commit(acct.id, RequestRecord(1), RateLimit())).status == "revoked"
+        assert (await store.commit("acct_missing", RequestRecord(1), RateLimit())).status == "missing"
+        if hasattr(store, "r"):
+            await store.close()
+    run(go())
+
+
+def test_commit_is_atomic_and_rate_limit_exact_under_concurrency(store):
+    async def go():
+        acct, _ = make_account("bob", "free")
+        await store.add(acct)
+        limit = RateLimit(window_s=60, requests=20, images=1000)
+        results = await asyncio.gather(*[store.commit(acct.id, RequestRecord(3, {"pow_bits": 2}), limit) for _ in range(50)])
+        assert sum(r.ok for r in results) == 20
+        limited = [r for r in results if not r.ok]
+        assert all(r.status == "rate_limited" and 0 < r.retry_after <= 60 for r in limited)
+        u = await store.usage(acct.id)
+        assert (u.requests, u.images, u.counters) == (20, 60, {"pow_bits": 40})
+        assert await store.rate_check(acct.id, limit, 1) is not None  # exhausted: read-only check agrees
+        img_limit = RateLimit(window_s=60, images=65)
+        assert await store.rate_check(acct.id, img_limit, 5) is None
+        assert await store.rate_check(acct.id, img_limit, 6) is not None
+        assert (await store.commit(acct.id, RequestRecord(6), img_limit)).status == "rate_limited"
+        if hasattr(store, "r"):
+            await store.close()
+    run(go())
+
+
+def test_unreachable_redis_raises_store_unavailable():
+    async def go():
+        s = open_store(f"redis://127.0.0.1:{free_port()}/0", "x", timeout_s=0.3)
+        assert await s.ping() is False
+        with pytest.raises(StoreUnavailable):
+            await s.by_key_hash("0" * 64)
+        with pytest.raises(StoreUnavailable):
+            await s.commit("acct_x", RequestRecord(1), RateLimit(requests=1))
+        await s.close()
+    run(go())
+
+
+def test_keys_random_hashed_constant_time():
+    (a, ka), (_b, kb) = make_account("a", "free"), make_account("b", "free")
+    assert ka != kb and ka.startswith("heist_") and len(ka) >= 40
+    assert a.key_hash == hash_key(ka) and ka not in a.key_hash and key_matches(ka, a.key_hash) and not key_matches(kb, a.key_hash)
+
+
+def test_config_validation_errors(tmp_path):
+    cfg = load_config(env={"REDIS_URL": "redis://h:1/0", "HEIST_MAX_BATCH": "8"})
+    assert cfg.redis_url == "redis://h:1/0" and cfg.max_batch == 8 and "free" in cfg.tiers
+    with pytest.raises(ConfigError, match=r"max_batch \(env HEIST_MAX_BATCH\)"):
+        load_config(env={"HEIST_MAX_BATCH": "zero"})
+    with pytest.raises(ConfigError, match="redis_url"):
+        load_config(env={"REDIS_URL": "http://nope"})
+    f = tmp_path / "c.json"
+    f.write_text('{"admin_token": "x"}')
+    with pytest.raises(ConfigError, match="must come from the environment"):
+        load_config(f, env={})
+    f.write_text('{"tiers": {"free": {"rate_limit": {"requests": 0}}}, "bogus": 1}')
+    with pytest.raises(ConfigError, match="bogus"):
+        load_config(f, env={})
+    f2 = tmp_path / "c.toml"
+    f2.write_text('max_images_per_request = 4\n[tiers.gold]\noutputs = ["representation", "projection"]\n')
+    assert load_config(f2, env={}).tiers["gold"].outputs == ("representation", "projection")
+    from server.app import create_app
+    f.write_text('{"tiers": {"x": {"defences": [{"name": "no-such-defence"}]}}}')
+    with pytest.raises(ConfigError, match="unknown defence 'no-such-defence'"):
+        create_app(load_config(f, env={}))
+
+
+def test_image_decoding_and_preprocessing():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (30, 60, 3), dtype=np.uint8)
+    img = decode_image(encode_image(arr, "PNG", data_uri=True), 0, ImageLimits())
+    assert img.size == (60, 30) and img.mode == "RGB"
+    assert resize_center_crop(img, 32).shape == (32, 32, 3)
+    rgba = encode_image(rng.integers(0, 256, (8, 8, 4), dtype=np.uint8), "PNG")
+    assert decode_image(rgba, 0, ImageLimits()).mode == "RGB"
+    with pytest.raises(ImageError) as e:
+        decode_image(encode_image(arr, "PNG"), 5, ImageLimits(max_pixels=100))
+    assert e.value.status == 413 and e.value.param == "input[5]"
+    with pytest.raises(ImageError) as e:
+        decode_image(encode_image(arr, "JPEG"), 1, ImageLimits(formats=("PNG",)))
+    assert e.value.status == 415
+    v = np.linspace(-1, 1, 7, dtype=np.float32)
+    assert np.array_equal(decode_embedding(encode_embedding(v, "base64")), v)
+    assert np.allclose(decode_embedding(encode_embedding(v, "float")), v)
+
+
+def test_batcher_batches_distinct_requests(tiny_checkpoint):
+    from server.batcher import Batcher
+    from shared.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint)
+    sizes = []
+    b = Batcher(ck, torch.device("cpu"), max_batch=16, max_wait_ms=20, on_batch=lambda n, s: sizes.append(n))
+    b.start()
+    rng = np.random.default_rng(1)
+    jobs = [rng.integers(0, 256, (int(rng.integers(1, 5)), 32, 32, 3), dtype=np.uint8) for _ in range(24)]
+    jobs.append(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8))  # larger than max_batch: chunked
+
+    async def go():
+        return await asyncio.gather(*[b.submit(j, projections=i % 2 == 0) for i, j in enumerate(jobs)])
+    try:
+        out = asyncio.run(go())
+    finally:
+        b.stop()
+    for i, (j, (reps, projs)) in enumerate(zip(jobs, out, strict=False)):
+        ref_r, ref_p = b.run_sync(j, projections=True)
+        np.testing.assert_allclose(reps, ref_r, rtol=1e-4, atol=1e-5)
+        assert (projs is not None) == (i % 2 == 0)
+        if projs is not None:
+            np.testing.assert_allclose(projs, ref_p, rtol=1e-4, atol=1e-5)
+    assert max(sizes) > 4 and sum(sizes) == sum(len(j) for j in jobs) and b.queued_images == 0
