@@ -23,6 +23,7 @@ import pydantic_core
 from fastapi import Depends, FastAPI, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -30,10 +31,11 @@ from server import logs
 from server.accounts import Account, hash_key, key_matches, make_account
 from server.batcher import Batcher, Overloaded
 from server.config import ServerConfig
-from server.defences import DefenceContext, DefencePipeline, DefenceRequest, build_pipeline
+from server.defences import DefenceContext, DefencePipeline, DefenceRefusal, DefenceRequest, build_pipeline
 from server.defences.base import rate_limited
 from server.errors import STATUS_TYPES, ApiError, error_response
 from server.metrics import Metrics
+from server.obfuscation import Obfuscator
 from server.store import AccountExists, AccountStore, RequestRecord, StoreUnavailable, open_store
 from shared.checkpoint import Checkpoint, load_checkpoint
 from shared.device import resolve_device
@@ -43,6 +45,7 @@ from shared.schemas import (
     AccountCreated,
     AccountInfo,
     AccountList,
+    ChallengeResponse,
     EmbeddingRequest,
     EmbeddingResponse,
     ErrorResponse,
@@ -55,6 +58,29 @@ from shared.schemas import (
 )
 
 log = logging.getLogger("heist.api")
+
+
+class DefenceStats(BaseModel):
+    """Per-account defence state for admins (GET /v1/admin/accounts/{id}/defences, accounts show)."""
+
+    account: str
+    name: str
+    tier: str
+    requests: int
+    images: int
+    coverage: float = Field(description="B4B coverage (share of SimHash buckets hit), after the last request")
+    coverage_bits: int
+    sigma: float = Field(description="B4B noise sigma of the last request")
+    history: int = Field(description="projections kept in the account's history stream")
+    similar_hits: int
+    sybil_hits: int
+    sybil_peers: dict[str, int] = Field(description="other accounts that sent the same images, with counts")
+    pow_bits: int = Field(description="difficulty asked at the last request (0 = within the legitimate profile)")
+    pow_deviation: float
+    pow_challenges: int
+    pow_bits_asked: int
+    pow_solved: int
+    pow_bits_paid: int
 _RID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ROUTES = {"/v1/embeddings", "/v1/models", "/healthz", "/readyz", "/metrics", "/v1/admin/accounts", "/docs", "/openapi.json"}
 
@@ -141,9 +167,10 @@ class ServerState:
         self.metrics = Metrics(config.max_batch)
         self.model = model
         self.batcher: Batcher | None = None
+        self.obfuscator: Obfuscator | None = None
         self.limits = ImageLimits(formats=config.allowed_formats, max_pixels=config.max_image_pixels,
                                   max_bytes=config.max_image_bytes)
-        ctx = DefenceContext(store=store, secret=config.secret_bytes())
+        ctx = DefenceContext(store=store, secret=config.secret_bytes(), metrics=self.metrics)
         self.pipelines: dict[str, DefencePipeline] = {t: build_pipeline(t, tc, ctx) for t, tc in config.tiers.items()}
         self.model_id = config.model_id or (config.checkpoint.name if config.checkpoint else "encoder")
 
@@ -162,15 +189,23 @@ class ServerState:
         self.batcher = Batcher(self.model, device, self.config.max_batch, self.config.max_wait_ms,
                                self.config.max_queue_images, on_batch=self.metrics.on_batch)
         self.batcher.start()
+        if self.config.obfuscation is not None:
+            c = self.model.config
+            self.obfuscator = Obfuscator(self.config.obfuscation, c.representation_dim, c.head.out_dim if c.head else None)
         self.metrics.queue.set_function(lambda: self.batcher.queued_images if self.batcher else 0)
         log.info("model loaded", extra={"model": self.model_id, "arch": self.model.config.arch,
                                          "device": str(device), "store": self.store.backend,
+                                         "obfuscation": self.obfuscator.describe() if self.obfuscator else None,
                                          "policies": {t: p.describe() for t, p in self.pipelines.items()}})
 
     def model_info(self) -> ModelInfo:
         c = self.model.config
+        rep_dim, proj_dim = c.representation_dim, c.head.out_dim if c.head else None
+        if self.obfuscator is not None:
+            rep_dim = self.obfuscator.representation.out_dim
+            proj_dim = self.obfuscator.projection.out_dim if self.obfuscator.projection else None
         return ModelInfo(id=self.model_id, architecture=c.arch, input_size=c.input_size,
-                         representation_dim=c.representation_dim, projection_dim=c.head.out_dim if c.head else None,
+                         representation_dim=rep_dim, projection_dim=proj_dim,
                          normalization=NormalizationInfo(mean=c.normalization.mean, std=c.normalization.std),
                          outputs=["representation", "projection"] if self.model.head is not None else ["representation"],
                          max_images_per_request=self.config.max_images_per_request)
@@ -180,7 +215,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc} for code, desc in {
         400: "bad request", 401: "missing or invalid API key", 403: "revoked key or output not allowed",
         413: "body or image too large", 415: "image format not allowed", 422: "malformed input (param names it)",
+        428: "proof of work required (body carries the challenge)",
         429: "rate limited (Retry-After)", 503: "store unreachable or overloaded (Retry-After)"}.items()}
+ERRORS[428]["model"] = ChallengeResponse
 
 bearer = HTTPBearer(auto_error=False, description="API key: Authorization: Bearer heist_...")
 admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken", description="Authorization: Bearer $HEIST_ADMIN_TOKEN")
@@ -296,8 +333,14 @@ def create_app(config: ServerConfig, model: Checkpoint | None = None, store: Acc
             raise ApiError(e.status, e.type, str(e), e.param) from None
         want_proj = payload.output == "projection" or pipeline.needs_projections
         reps, projs = await state.batcher.submit(images, projections=want_proj)
-        reps = await pipeline.transform(account, dreq, images, reps, projs)
+        try:
+            reps = await pipeline.transform(account, dreq, images, reps, projs)
+        except DefenceRefusal as refusal:  # count the refused request (no images served), then refuse
+            await state.store.commit(account.id, RequestRecord(images=0, counters=dreq.record.counters), pipeline.rate_limit)
+            raise ApiError(**_rejection_kwargs(refusal.rejection)) from None
         out = projs if payload.output == "projection" else reps
+        if state.obfuscator is not None:
+            out = state.obfuscator.apply(payload.output, out, dreq.digests(images))
         result = await state.store.commit(account.id, dreq.record, pipeline.rate_limit)
         if result.status == "rate_limited":
             raise ApiError(**_rejection_kwargs(rate_limited(pipeline.rate_limit, result.retry_after)))
@@ -368,6 +411,12 @@ def create_app(config: ServerConfig, model: Checkpoint | None = None, store: Acc
         acct = await _get(account_id)
         return acct.info(await state.store.usage(acct.id))
 
+    @app.get("/v1/admin/accounts/{account_id}/defences", response_model=DefenceStats, dependencies=admin,
+             responses=admin_errors, tags=["admin"])
+    async def account_defences(account_id: str):
+        acct = await _get(account_id)
+        return await defence_stats(state.store, acct)
+
     @app.post("/v1/admin/accounts/{account_id}/revoke", response_model=AccountInfo, dependencies=admin,
               responses=admin_errors, tags=["admin"])
     async def revoke_account(account_id: str):
@@ -378,6 +427,21 @@ def create_app(config: ServerConfig, model: Checkpoint | None = None, store: Acc
         return acct.info(await state.store.usage(acct.id))
 
     return app
+
+
+async def defence_stats(store: AccountStore, acct: Account) -> DefenceStats:
+    usage = await store.usage(acct.id)
+    stats = await store.defence_stats(acct.id)
+    pairs = [(p, n) for p, n in await store.sybil_pairs(1000) if acct.id in p.split("|")]
+    c = usage.counters
+    return DefenceStats(
+        account=acct.id, name=acct.name, tier=acct.tier, requests=usage.requests, images=usage.images,
+        coverage=stats.get("b4b_coverage", 0.0), coverage_bits=int(stats.get("coverage_bits", 0)), sigma=stats.get("b4b_sigma", 0.0),
+        history=int(stats.get("history_len", 0)), similar_hits=c.get("similar_hits", 0), sybil_hits=c.get("sybil_hits", 0),
+        sybil_peers={next(x for x in p.split("|") if x != acct.id): n for p, n in pairs},
+        pow_bits=int(stats.get("pow_bits", 0)), pow_deviation=stats.get("pow_deviation", 0.0),
+        pow_challenges=c.get("pow_challenges", 0), pow_bits_asked=c.get("pow_bits_asked", 0),
+        pow_solved=c.get("pow_solved", 0), pow_bits_paid=c.get("pow_bits_paid", 0))
 
 
 def _rejection_kwargs(r) -> dict[str, Any]:

@@ -48,6 +48,15 @@ class TierConfig(BaseModel):
     defences: tuple[DefenceSpec, ...] = ()
 
 
+class Obfuscation(BaseModel):
+    """Serve every answer through ONE fixed output transform (a suspect obfuscating a stolen copy)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["permute", "pad_shuffle", "affine", "binary"]
+    seed: int = Field(default=0, ge=0)
+    pad: int = Field(default=16, ge=1, le=4096, description="pad_shuffle: extra dimensions (ignored by the others)")
+
+
 def default_tiers() -> dict[str, TierConfig]:
     return {
         "free": TierConfig(description="trial: small quota, representations only",
@@ -86,6 +95,7 @@ class ServerConfig(BaseModel):
     store_retry_after_s: int = Field(default=2, ge=1)
     # accounts / policy
     tiers: dict[str, TierConfig] = Field(default_factory=default_tiers)
+    obfuscation: Obfuscation | None = None
     # logging
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # secrets (env only)

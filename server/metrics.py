@@ -18,11 +18,26 @@ class Metrics:
         self.batch_seconds = Histogram("heist_batch_seconds", "forward pass time", buckets=LATENCY_BUCKETS, registry=r)
         self.queue = Gauge("heist_queue_images", "images waiting for the batcher", registry=r)
         self.defence = Counter("heist_defence_decisions", "gate decisions", ["tier", "decision"], registry=r)
+        self.defence_actions = Counter("heist_defence_actions", "defence decisions per image or request "
+                                       "(similar_query hit/miss/sybil/refuse, pow free/challenge_<reason>/paid)",
+                                       ["defence", "action"], registry=r)
+        self.pow_bits_paid = Counter("heist_pow_bits_paid", "sum of PoW difficulty bits paid", registry=r)
+        self.hists = {
+            "b4b_coverage": Histogram("heist_b4b_coverage", "B4B coverage of the requesting account", registry=r,
+                                      buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)),
+            "b4b_sigma": Histogram("heist_b4b_sigma", "B4B noise sigma given", registry=r,
+                                   buckets=(1e-6, 1e-4, 1e-3, 0.01, 0.1, 0.5, 1, 2, 5, 10)),
+            "pow_bits_asked": Histogram("heist_pow_bits_asked", "PoW difficulty asked in challenges", registry=r,
+                                        buckets=(8, 12, 16, 18, 20, 22, 24, 26, 28, 32, 40)),
+        }
         self.store_errors = Counter("heist_store_unavailable", "requests refused because the store was unreachable", registry=r)
 
     def on_batch(self, n: int, seconds: float) -> None:
         self.batch_size.observe(n)
         self.batch_seconds.observe(seconds)
+
+    def observe(self, name: str, value: float) -> None:
+        self.hists[name].observe(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,6 +7,8 @@ attacker obfuscating a stolen copy it serves, and by the defender's tests of ali
 - ``pad_shuffle``: append ``pad`` random dimensions (keyed, fixed per input so averaging cannot
   remove them), then permute;
 - ``affine``: y @ A + b with a random well-conditioned A (orthogonal times positive scales);
+- ``binary``: sign(y @ W) in {-1, +1}^(dim + pad) with a random Gaussian W (SimHash code: angles
+  between outputs survive, the numbers do not; B4B's binarisation);
 - ``compose``: several of these in order.
 """
 
@@ -19,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-Kind = Literal["permute", "pad_shuffle", "affine"]
+Kind = Literal["permute", "pad_shuffle", "affine", "binary"]
 
 
 def keyed_rng(secret: bytes, *parts: str | bytes) -> np.random.Generator:
@@ -40,7 +42,7 @@ class OutputTransform:
     out_dim: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.out_dim = self.in_dim + self.pad
+        self.out_dim = self.matrix.shape[1] if self.kind == "binary" else self.in_dim + self.pad
 
     def apply(self, y: np.ndarray, inputs_digest: list[str] | None = None) -> np.ndarray:
         y = np.asarray(y, dtype=np.float32)
@@ -48,6 +50,8 @@ class OutputTransform:
             raise ValueError(f"{self.kind}: expected (N, {self.in_dim}) representations, got {y.shape}")
         if self.kind == "affine":
             return (y @ self.matrix + self.bias).astype(np.float32)
+        if self.kind == "binary":
+            return np.where(y @ self.matrix >= 0, 1.0, -1.0).astype(np.float32)
         if self.pad:
             if inputs_digest is None or len(inputs_digest) != len(y):
                 raise ValueError("pad_shuffle needs one digest per input (the padding is keyed by input)")
@@ -71,7 +75,9 @@ def make_transform(kind: Kind, dim: int, rng: np.random.Generator, pad: int = 0,
         q = q * np.sign(np.diag(r))  # a uniformly random orthogonal matrix
         s = np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]), dim))
         return OutputTransform("affine", dim, matrix=(q * s).astype(np.float32), bias=rng.normal(0, 0.1, dim).astype(np.float32))
-    raise ValueError(f"unknown transform {kind!r}; choose permute, pad_shuffle or affine")
+    if kind == "binary":
+        return OutputTransform("binary", dim, matrix=rng.normal(size=(dim, dim + max(0, pad))).astype(np.float32))
+    raise ValueError(f"unknown transform {kind!r}; choose permute, pad_shuffle, affine or binary")
 
 
 def compose(transforms: list[OutputTransform], y: np.ndarray, inputs_digest: list[str] | None = None) -> np.ndarray:

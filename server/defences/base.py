@@ -39,12 +39,31 @@ class Rejection:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class DefenceRefusal(Exception):
+    """Raised by a transform that refuses the whole request after inference (e.g. similar query)."""
+
+    def __init__(self, rejection: Rejection) -> None:
+        super().__init__(rejection.message)
+        self.rejection = rejection
+
+
 @dataclass
 class DefenceContext:
-    """What a defence may use: the store and the server secret (for keyed randomness/tokens)."""
+    """What a defence may use: the store, the server secret (keyed randomness/tokens), the metrics,
+    and per-process caches shared by every tier's pipeline (FAISS history views)."""
 
     store: AccountStore
     secret: bytes
+    metrics: Any = None  # server.metrics.Metrics (None in offline tools)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, defence: str, action: str, n: int = 1) -> None:
+        if self.metrics is not None and n:
+            self.metrics.defence_actions.labels(defence, action).inc(n)
+
+    def observe(self, name: str, value: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(name, value)
 
 
 @dataclass
@@ -53,10 +72,23 @@ class DefenceRequest:
     body: bytes
     headers: dict[str, str]
     record: RequestRecord
+    _digests: list[str] | None = None
 
     @property
     def n_images(self) -> int:
         return len(self.payload.input)
+
+    def digests(self, images: np.ndarray) -> list[str]:
+        """SHA-256 of each preprocessed image (computed once per request)."""
+        if self._digests is None or len(self._digests) != len(images):
+            from server.defences.keyed import image_digests
+
+            self._digests = image_digests(images)
+        return self._digests
+
+
+class DefenceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
 class Defence:
@@ -78,7 +110,10 @@ class Defence:
         return representations
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "params": self.params.model_dump()}
+        return {"name": self.name, "params": self.params.model_dump(mode="json")}
+
+    def check(self, tier: str, others: list[Defence]) -> None:
+        """Cross-defence validation once the tier's chain is built; raise ValueError to refuse."""
 
 
 class NoOp(Defence):
@@ -120,6 +155,11 @@ def rate_limited(limit: RateLimit, retry_after: float) -> Rejection:
 REGISTRY: dict[str, type[Defence]] = {NoOp.name: NoOp, RateLimitGate.name: RateLimitGate}
 
 
+def register(cls: type[Defence]) -> type[Defence]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
 class DefencePipeline:
     def __init__(self, tier: str, config: TierConfig, defences: list[Defence]) -> None:
         self.tier = tier
@@ -156,9 +196,16 @@ def build_pipeline(tier: str, config: TierConfig, ctx: DefenceContext) -> Defenc
             raise ConfigError(f"tiers.{tier}.defences[{i}]: unknown defence {spec.name!r}; known: {sorted(REGISTRY)}")
         try:
             params = cls.Params(**spec.params)
+            defences.append(cls(ctx, params))
         except ValidationError as e:
             raise ConfigError(f"tiers.{tier}.defences[{i}] ({spec.name}): invalid params: {e}") from None
-        defences.append(cls(ctx, params))
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"tiers.{tier}.defences[{i}] ({spec.name}): {e}") from None
+    for d in defences:
+        try:
+            d.check(tier, defences)
+        except ValueError as e:
+            raise ConfigError(f"tiers.{tier}.defences ({d.name}): {e}") from None
     if not defences:
         defences.append(NoOp(ctx, NoOp.Params()))
     return DefencePipeline(tier, config, defences)

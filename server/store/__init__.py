@@ -1,6 +1,14 @@
 """Account store: one interface, two backends (Redis; embedded in-process)."""
 
-from server.store.base import AccountExists, AccountStore, CommitResult, RequestRecord, StoreUnavailable
+from server.store.base import (
+    AccountExists,
+    AccountStore,
+    CommitResult,
+    HistoryAppend,
+    HistoryEntry,
+    RequestRecord,
+    StoreUnavailable,
+)
 
 
 def open_store(redis_url: str | None, prefix: str = "heist", timeout_s: float = 1.0) -> AccountStore:
@@ -14,4 +22,5 @@ def open_store(redis_url: str | None, prefix: str = "heist", timeout_s: float = 
     return MemoryStore()
 
 
-__all__ = ["AccountExists", "AccountStore", "CommitResult", "RequestRecord", "StoreUnavailable", "open_store"]
+__all__ = ["AccountExists", "AccountStore", "CommitResult", "HistoryAppend", "HistoryEntry", "RequestRecord", "StoreUnavailable",
+           "open_store"]

@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from server.accounts import Account
 from server.config import RateLimit
 from shared.schemas import AccountUsage
@@ -27,14 +29,49 @@ class AccountExists(ValueError):
 
 
 @dataclass
-class RequestRecord:
-    """What one served request adds to its account (committed atomically).
+class HistoryAppend:
+    """Vectors (head projections) appended to the account's bounded history stream (and the global one)."""
 
-    ``counters``: extra per-account counters that defences add to (PoW bits paid, flags, ...).
+    vectors: np.ndarray  # (n, d) float32
+    maxlen: int
+    global_maxlen: int = 0  # 0 = not appended to the global stream
+
+
+@dataclass
+class RequestRecord:
+    """What one served request adds to its account (committed atomically, all or nothing).
+
+    ``counters``: extra per-account counters that defences add to (PoW bits paid, similar hits, ...);
+    ``gauges``: per-account defence values overwritten by each request (coverage, sigma, ...);
+    ``history``: projections appended to the account's history stream (similar-query defence);
+    ``coverage_bits``: bit offsets set in the account's coverage bitmap (B4B SimHash buckets);
+    ``sybil_pairs``: ``"acct_a|acct_b"`` members bumped in the global sybil-pair ranking.
     """
 
     images: int
     counters: dict[str, int] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+    history: HistoryAppend | None = None
+    coverage_bits: list[int] = field(default_factory=list)
+    sybil_pairs: list[str] = field(default_factory=list)
+
+    def count(self, name: str, n: int = 1) -> None:
+        if n:
+            self.counters[name] = self.counters.get(name, 0) + int(n)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: str  # stream entry id ("<ms>-<seq>"), increasing
+    account: str
+    vector: bytes  # float32 bytes
+
+
+def entry_after(a: str, b: str) -> bool:
+    """Stream id ``a`` comes after ``b`` (ids are "<ms>-<seq>")."""
+    am, _, aseq = a.partition("-")
+    bm, _, bseq = b.partition("-")
+    return (int(am), int(aseq or 0)) > (int(bm), int(bseq or 0))
 
 
 @dataclass(frozen=True)
@@ -91,6 +128,33 @@ class AccountStore(ABC):
 
     @abstractmethod
     async def ping(self) -> bool: ...
+
+    # ---- defences ------------------------------------------------------------------------------
+    @abstractmethod
+    async def history_since(self, account_id: str | None, after: str, count: int = 10000) -> list[HistoryEntry]:
+        """History entries after stream id ``after`` ("0-0" = from the start), oldest first, at most ``count``.
+
+        ``account_id=None`` reads the global stream (every account's projections)."""
+
+    @abstractmethod
+    async def coverage_bitmap(self, account_id: str) -> bytes:
+        """The account's B4B coverage bitmap (bit i = byte i // 8, MSB first, like Redis SETBIT)."""
+
+    @abstractmethod
+    async def spend_token(self, token_id: str, ttl_s: float) -> bool:
+        """Spend a PoW token once: True the first time, False on every replay (until it expires)."""
+
+    @abstractmethod
+    async def add_counters(self, account_id: str, counters: dict[str, int]) -> None:
+        """Bump counters outside a served request (challenges issued, refusals)."""
+
+    @abstractmethod
+    async def defence_stats(self, account_id: str) -> dict[str, float]:
+        """Gauges the defences wrote (coverage, sigma, ...) plus ``history_len`` and ``coverage_bits``."""
+
+    @abstractmethod
+    async def sybil_pairs(self, limit: int = 20) -> list[tuple[str, int]]:
+        """Most frequent ``"acct_a|acct_b"`` pairs sending the same images, with counts."""
 
     async def close(self) -> None:
         return None

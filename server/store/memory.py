@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 from server.accounts import Account
 from server.config import RateLimit
-from server.store.base import AccountExists, AccountStore, CommitResult, RequestRecord, over_limit, window_state
+from server.store.base import (
+    AccountExists,
+    AccountStore,
+    CommitResult,
+    HistoryEntry,
+    RequestRecord,
+    entry_after,
+    over_limit,
+    window_state,
+)
 from shared.schemas import AccountUsage
 
 
@@ -23,6 +32,13 @@ class MemoryStore(AccountStore):
         self._by_name: dict[str, str] = {}
         self._usage: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._windows: dict[tuple[str, int], list[int]] = {}
+        self._gauges: dict[str, dict[str, float]] = defaultdict(dict)
+        self._history: dict[str, deque[HistoryEntry]] = {}
+        self._global: deque[HistoryEntry] = deque()
+        self._seq = 0
+        self._bitmaps: dict[str, bytearray] = defaultdict(bytearray)
+        self._spent: dict[str, float] = {}
+        self._pairs: dict[str, int] = defaultdict(int)
 
     async def add(self, account: Account) -> None:
         with self._lock:
@@ -83,7 +99,74 @@ class MemoryStore(AccountStore):
             u["images"] += record.images
             for k, v in record.counters.items():
                 u[k] += v
+            self._gauges[account_id].update({k: float(v) for k, v in record.gauges.items()})
+            if record.history is not None:
+                self._append(account_id, record.history)
+            bm = self._bitmaps[account_id]
+            for off in record.coverage_bits:
+                byte = off >> 3
+                if byte >= len(bm):
+                    bm.extend(b"\0" * (byte + 1 - len(bm)))
+                bm[byte] |= 0x80 >> (off & 7)
+            for pair in record.sybil_pairs:
+                self._pairs[pair] += 1
             return CommitResult("ok")
+
+    def _append(self, account_id: str, h) -> None:
+        hist = self._history.get(account_id)
+        if hist is None or hist.maxlen != h.maxlen:
+            hist = self._history[account_id] = deque(hist or (), maxlen=h.maxlen)
+        ms = int(self._clock() * 1000)
+        for v in h.vectors:
+            self._seq += 1
+            e = HistoryEntry(f"{ms}-{self._seq}", account_id, v.astype("<f4").tobytes())
+            hist.append(e)
+            if h.global_maxlen:
+                self._global.append(e)
+                while len(self._global) > h.global_maxlen:
+                    self._global.popleft()
+
+    async def history_since(self, account_id: str | None, after: str, count: int = 10000) -> list[HistoryEntry]:
+        with self._lock:
+            src = self._global if account_id is None else self._history.get(account_id, ())
+            out = []
+            for e in reversed(src):  # newest first: stop at the first entry already seen
+                if not entry_after(e.id, after):
+                    break
+                out.append(e)
+            out.reverse()
+            return out[:count]
+
+    async def coverage_bitmap(self, account_id: str) -> bytes:
+        with self._lock:
+            return bytes(self._bitmaps.get(account_id, b""))
+
+    async def spend_token(self, token_id: str, ttl_s: float) -> bool:
+        with self._lock:
+            now = self._clock()
+            for k in [k for k, exp in self._spent.items() if exp <= now]:
+                del self._spent[k]
+            if token_id in self._spent:
+                return False
+            self._spent[token_id] = now + max(1.0, ttl_s)
+            return True
+
+    async def add_counters(self, account_id: str, counters: dict[str, int]) -> None:
+        with self._lock:
+            u = self._usage[account_id]
+            for k, v in counters.items():
+                u[k] += int(v)
+
+    async def defence_stats(self, account_id: str) -> dict[str, float]:
+        with self._lock:
+            stats = dict(self._gauges.get(account_id, {}))
+            stats["history_len"] = float(len(self._history.get(account_id, ())))
+            stats["coverage_bits"] = float(sum(bin(b).count("1") for b in self._bitmaps.get(account_id, b"")))
+            return stats
+
+    async def sybil_pairs(self, limit: int = 20) -> list[tuple[str, int]]:
+        with self._lock:
+            return sorted(self._pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
 
     async def ping(self) -> bool:
         return True

@@ -9,6 +9,17 @@ account's keys live in one Redis Cluster slot and its Lua scripts stay single-sl
 - ``P:key:<sha256(key)>``    STRING account id
 - ``P:name:<name>``          STRING account id
 - ``P:accounts``             SET   account ids
+- ``P:acct:{id}:dstats``     HASH  defence gauges overwritten per request (b4b_coverage, b4b_sigma, pow_bits, ...)
+- ``P:acct:{id}:hist``       STREAM head projections of this account, one entry per image (field ``z``:
+                                   float32 bytes), ``MAXLEN ~`` bounded; FAISS views catch up with XRANGE
+- ``P:acct:{id}:cov``        STRING B4B coverage bitmap: bit ``set * 2**hyperplanes + bucket`` (SETBIT/BITCOUNT)
+- ``P:hist``                 STREAM global history (fields ``a`` account id, ``z``), for the sybil index
+- ``P:sybil``                ZSET  ``acct_a|acct_b`` -> how many images both sent
+- ``P:pow:<sha256(token)>``  STRING spent PoW token (``SET NX`` with TTL until the token expires)
+
+Every write of one request (usage, window, gauges, history, bitmap, sybil pairs) is ONE Lua script.
+The global stream and the sybil ZSET are not hash-tagged by account: on Redis Cluster they would go
+to a separate commit (see docs/defences.md); on one Redis they are part of the same atomic script.
 
 Window numbers come from Redis ``TIME`` so replicas agree on windows without trusting their
 clocks. All failures of the connection surface as :class:`StoreUnavailable` (-> 503).
@@ -25,7 +36,7 @@ from redis.exceptions import RedisError
 
 from server.accounts import Account
 from server.config import RateLimit
-from server.store.base import AccountExists, AccountStore, CommitResult, RequestRecord, StoreUnavailable
+from server.store.base import AccountExists, AccountStore, CommitResult, HistoryEntry, RequestRecord, StoreUnavailable
 from shared.schemas import AccountUsage
 
 _CREATE = """
@@ -68,7 +79,21 @@ redis.call('HINCRBY', rk, 'images', n)
 redis.call('EXPIRE', rk, w * 2)
 redis.call('HINCRBY', KEYS[2], 'requests', 1)
 redis.call('HINCRBY', KEYS[2], 'images', n)
-for i = 6, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+local i = 6
+local nc = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nc do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+local ng = tonumber(ARGV[i]); i = i + 1
+for _ = 1, ng do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+local aid = ARGV[i]; local maxlen = ARGV[i + 1]; local gmax = ARGV[i + 2]; local nv = tonumber(ARGV[i + 3]); i = i + 4
+for _ = 1, nv do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'z', ARGV[i])
+  if gmax ~= '0' then redis.call('XADD', KEYS[5], 'MAXLEN', '~', gmax, '*', 'a', aid, 'z', ARGV[i]) end
+  i = i + 1
+end
+local nb = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nb do redis.call('SETBIT', KEYS[6], ARGV[i], 1); i = i + 1 end
+local np = tonumber(ARGV[i]); i = i + 1
+for _ = 1, np do redis.call('ZINCRBY', KEYS[7], 1, ARGV[i]); i = i + 1 end
 return {'ok', '0'}
 """
 
@@ -95,6 +120,9 @@ class RedisStore(AccountStore):
         self.r = aioredis.from_url(url, decode_responses=True, socket_timeout=timeout_s,
                                    socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1),
                                    health_check_interval=30)
+        # binary-safe twin for streams and bitmaps (float32 bytes are not UTF-8)
+        self.rb = aioredis.from_url(url, decode_responses=False, socket_timeout=timeout_s,
+                                    socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1))
         self._create = self.r.register_script(_CREATE)
         self._check = self.r.register_script(_CHECK)
         self._commit = self.r.register_script(_COMMIT)
@@ -161,11 +189,61 @@ class RedisStore(AccountStore):
 
     @_unavailable
     async def commit(self, account_id: str, record: RequestRecord, limit: RateLimit) -> CommitResult:
-        extra = [x for kv in record.counters.items() for x in kv]
         key = self._acct(account_id)
-        status, retry = await self._commit(keys=[key, f"{key}:usage"],
-                                           args=self._rate_args(account_id, limit, record.images) + extra)
+        args: list = self._rate_args(account_id, limit, record.images)
+        args += [len(record.counters), *(x for kv in record.counters.items() for x in kv)]
+        args += [len(record.gauges), *(x for k, v in record.gauges.items() for x in (k, repr(float(v))))]
+        h = record.history
+        vecs = [] if h is None else [v.astype("<f4").tobytes() for v in h.vectors]
+        args += [account_id, h.maxlen if h else 1, h.global_maxlen if h else 0, len(vecs), *vecs]
+        args += [len(record.coverage_bits), *record.coverage_bits]
+        args += [len(record.sybil_pairs), *record.sybil_pairs]
+        keys = [key, f"{key}:usage", f"{key}:dstats", f"{key}:hist", f"{self.p}:hist", f"{key}:cov", f"{self.p}:sybil"]
+        status, retry = await self._commit(keys=keys, args=args)
         return CommitResult(status, float(retry))
+
+    @_unavailable
+    async def history_since(self, account_id: str | None, after: str, count: int = 10000) -> list[HistoryEntry]:
+        key = f"{self.p}:hist" if account_id is None else f"{self._acct(account_id)}:hist"
+        rows = await self.rb.xrange(key, min=f"({after}", max="+", count=count)
+        out = []
+        for eid, fields in rows:
+            out.append(HistoryEntry(eid.decode(), fields.get(b"a", (account_id or "").encode()).decode(), fields[b"z"]))
+        return out
+
+    @_unavailable
+    async def coverage_bitmap(self, account_id: str) -> bytes:
+        return await self.rb.get(f"{self._acct(account_id)}:cov") or b""
+
+    @_unavailable
+    async def spend_token(self, token_id: str, ttl_s: float) -> bool:
+        ms = max(1000, int(ttl_s * 1000))
+        return bool(await self.r.set(f"{self.p}:pow:{token_id}", "1", nx=True, px=ms))
+
+    @_unavailable
+    async def add_counters(self, account_id: str, counters: dict[str, int]) -> None:
+        async with self.r.pipeline(transaction=True) as pipe:
+            for k, v in counters.items():
+                pipe.hincrby(f"{self._acct(account_id)}:usage", k, int(v))
+            await pipe.execute()
+
+    @_unavailable
+    async def defence_stats(self, account_id: str) -> dict[str, float]:
+        key = self._acct(account_id)
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(f"{key}:dstats")
+            pipe.xlen(f"{key}:hist")
+            pipe.bitcount(f"{key}:cov")
+            gauges, hlen, bits = await pipe.execute()
+        stats = {k: float(v) for k, v in gauges.items()}
+        stats["history_len"] = float(hlen)
+        stats["coverage_bits"] = float(bits)
+        return stats
+
+    @_unavailable
+    async def sybil_pairs(self, limit: int = 20) -> list[tuple[str, int]]:
+        rows = await self.r.zrevrange(f"{self.p}:sybil", 0, limit - 1, withscores=True)
+        return [(m, int(s)) for m, s in rows]
 
     async def ping(self) -> bool:
         try:
@@ -175,3 +253,4 @@ class RedisStore(AccountStore):
 
     async def close(self) -> None:
         await self.r.aclose()
+        await self.rb.aclose()
