@@ -1,10 +1,41 @@
-"""heist-attack: the attacker's commands (measure a copy; stealing over HTTP comes with the attacker issue)."""
+"""heist-attack: steal the victim encoder over HTTP, measure copies.
+
+    heist-attack steal --url URL --api-key KEY [--api-key KEY2 ...] --queries N --loss LOSS \
+        --query-set attack|shifted_train|real:NAME:ROOT --out DIR --cache DIR [--mode direct|recreate-head|access-head]
+    heist-attack evaluate --checkpoint DIR [--checkpoint DIR ...] --url URL --api-key KEY --cache DIR --out DIR
+    heist-attack probe --checkpoint DIR
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import shlex
 import sys
+import time
+from pathlib import Path
+
+from shared.client import ApiError
+
+
+def _keys(args: argparse.Namespace) -> list[str]:
+    keys = list(args.api_key or [])
+    if not keys and os.environ.get("HEIST_API_KEYS"):
+        keys = [k.strip() for k in os.environ["HEIST_API_KEYS"].split(",") if k.strip()]
+    if not keys:
+        raise ValueError("no API key: pass --api-key KEY (repeat it for sybil accounts) or set HEIST_API_KEYS=k1,k2")
+    return keys
+
+
+def _command_line() -> str:
+    argv = list(sys.argv)
+    out, hide = [], False
+    for a in argv:
+        out.append("***" if hide else a)
+        hide = a in ("--api-key", "--eval-api-key")
+    return shlex.join(["heist-attack", *out[1:]])
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -20,9 +51,174 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(stolen_ckpt, args, keys, cache, cost: dict | None, out: Path, command: str) -> dict:
+    from attacker.measure import probe_api, probe_local, ratios, write_report
+    from shared.data.synthetic import DataSpec
+
+    spec = DataSpec(seed=args.data_seed)
+    cap = args.probe_train_size
+    print(f"evaluate: linear probes of the stolen copy (probe train size {cap})", file=sys.stderr)
+    stolen = probe_local(stolen_ckpt.encoder, spec, cap)
+    eval_key = args.eval_api_key or keys[0]
+    print("evaluate: the victim as a customer measures it (probes on API answers)", file=sys.stderr)
+    victim, vcost = probe_api(args.url, eval_key, spec, cache, cap, args.concurrency, args.pow_workers)
+    report = {"stolen": stolen, "victim_api": victim, "ratio": ratios(stolen, victim), "cost": cost or {},
+              "victim_api_cost": vcost, "command": command}
+    write_report(out, report)
+    return report
+
+
+def _cmd_steal(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from attacker.cache import QueryCache
+    from attacker.queries import acquire, drop_similar, load_query_set, merged_stats
+    from attacker.steal import StealConfig, train_stolen
+    from shared.checkpoint import save_checkpoint
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keys = _keys(args)
+    cfg = StealConfig(loss=args.loss, mode=args.mode, arch=args.arch, width=args.width, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, aug_reuse=args.aug_reuse, seed=args.seed, device=args.device)
+    qs = load_query_set(args.query_set, args.queries, args.data_seed)
+    images, labels = qs.images, qs.labels
+    if args.avoid_similar is not None:
+        keep = drop_similar(images, args.avoid_similar)
+        print(f"avoid-similar: kept {len(keep)} of {len(images)} queries (thumbnail cosine <= {args.avoid_similar})",
+              file=sys.stderr)
+        images = images[keep]
+        labels = None if labels is None else labels[keep]
+    out, command = Path(args.out), _command_line()
+    t0 = time.perf_counter()
+    output = "projection" if args.mode == "access-head" else "representation"
+    with QueryCache(args.cache) as cache:
+        got = asyncio.run(acquire(args.url, keys, images, cache, output=output, anchors=args.anchors, repeats=args.repeats,
+                                  concurrency=args.concurrency, batch_size=args.request_size, pow_workers=args.pow_workers,
+                                  max_retries=args.max_retries, max_wait_s=args.max_wait))
+        t_buy = time.perf_counter() - t0
+        stats = merged_stats(got.accounts)
+        needed = got.from_cache + got.bought
+        print(f"queries: {needed} answers needed ({len(images)} images), {got.from_cache} served from cache, "
+              f"{got.bought} bought ({len(keys)} account(s), {stats['requests']} requests, {stats['retries']} retries, "
+              f"{stats['pow_challenges']} PoW challenges / {stats['pow_hashes']} hashes, {t_buy:.1f} s)")
+        if got.mapper_fit_error:
+            print(f"sybil mapper: relative residual on {args.anchors} anchors: "
+                  + ", ".join(f"{e:.3f}" for e in got.mapper_fit_error))
+        if args.buy_only:
+            return 0
+        cost = {"queries": len(images), "answers_bought_this_run": got.bought, "answers_from_cache": got.from_cache,
+                "accounts": len(keys), "anchors": args.anchors if len(keys) > 1 else 0, "repeats": args.repeats,
+                "requests": stats["requests"], "retries": stats["retries"], "pow_challenges": stats["pow_challenges"],
+                "pow_hashes": stats["pow_hashes"], "pow_seconds": stats["pow_seconds"], "query_seconds": round(t_buy, 1)}
+        extra = {"query_set": qs.name, "queries": len(images), "cost": cost, "victim_url": args.url,
+                 "sybil_mapper_error": got.mapper_fit_error}
+        ckpt, hist = train_stolen(images, np.asarray(got.answers), cfg, labels, extra)
+        cost["train_seconds"] = round(hist["train_seconds"], 1)
+        cost["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        ckpt.config.training["cost"] = cost
+        save_checkpoint(ckpt, out)
+        print(f"stolen copy saved to {out} (kind=stolen, {cfg.arch} width {cfg.width}, {hist['train_seconds']:.0f} s training)")
+        report = {"cost": cost, "command": command}
+        if not args.no_eval:
+            report = _evaluate(ckpt, args, keys, cache, cost, out, command)
+            ckpt.config.metrics.update({**report["stolen"], "ratio": report["ratio"], "victim_api": report["victim_api"]})
+            save_checkpoint(ckpt, out)
+            for k, v in report["stolen"].items():
+                print(f"{k}: stolen {100 * v:.1f}%  victim(API) {100 * report['victim_api'][k]:.1f}%  "
+                      f"ratio {report['ratio'][k]:.3f}")
+        else:
+            from attacker.measure import write_report
+
+            write_report(out, report)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from attacker.cache import QueryCache
+    from attacker.measure import plot_accuracy, probe_api, probe_local, ratios, write_report
+    from shared.checkpoint import load_checkpoint
+    from shared.data.synthetic import DataSpec
+
+    keys = _keys(args)
+    spec = DataSpec(seed=args.data_seed)
+    out = Path(args.out)
+    rows = []
+    with QueryCache(args.cache) as cache:
+        victim, vcost = probe_api(args.url, keys[0], spec, cache, args.probe_train_size, args.concurrency, args.pow_workers)
+        for c in args.checkpoint:
+            ck = load_checkpoint(c)
+            s = probe_local(ck.encoder, spec, args.probe_train_size)
+            steal = ck.config.training.get("steal", {})
+            rows.append({"checkpoint": str(c), "loss": steal.get("loss", "?"), "mode": steal.get("mode", "?"),
+                         "queries": ck.config.training.get("queries", 0), **s,
+                         "ratio": ratios(s, victim), "cost": ck.config.training.get("cost", {})})
+    report = {"victim_api": victim, "victim_api_cost": vcost, "stolen_copies": rows, "command": _command_line()}
+    if len(rows) == 1:
+        report.update(stolen={k: v for k, v in rows[0].items() if k.startswith("probe_")}, ratio=rows[0]["ratio"],
+                      cost=rows[0]["cost"])
+    write_report(out, report)
+    plot = plot_accuracy(rows, out / "accuracy_vs_queries.png", victim.get("probe_shape"))
+    for r in rows:
+        print(f"{r['checkpoint']}: {r['loss']}/{r['mode']} {r['queries']} queries: "
+              + ", ".join(f"{k} {100 * r[k]:.1f}% (ratio {r['ratio'][k]:.3f})" for k in r["ratio"]))
+    print("victim (API): " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in victim.items()))
+    print(f"report: {out / 'report.json'}, {out / 'report.md'}, plot: {plot}")
+    return 0
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", required=True, help="victim API base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--api-key", action="append", help="API key (repeat for sybil accounts); or env HEIST_API_KEYS=k1,k2")
+    p.add_argument("--cache", required=True, help="folder of the resumable query cache (SQLite WAL)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    p.add_argument("--pow-workers", type=int, default=1, help="processes solving proof-of-work challenges")
+    p.add_argument("--probe-train-size", type=int, default=5000, help="probe training images per split (same for both sides)")
+    p.add_argument("--data-seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="heist-attack", description="Encoder Heist attacker: measure a (stolen) encoder copy.")
+    from attacker.steal import MODES
+    from shared.losses import STEALING_LOSSES
+
+    p = argparse.ArgumentParser(prog="heist-attack", description="Encoder Heist attacker: steal an encoder over HTTP, measure copies.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    st = sub.add_parser("steal", help="buy victim answers (resumable) and train a stolen copy")
+    _client_args(st)
+    st.add_argument("--queries", type=int, required=True, help="images to query (the first N of the query set)")
+    st.add_argument("--query-set", default="attack", help="attack | shifted_train | real:NAME:ROOT")
+    st.add_argument("--loss", choices=STEALING_LOSSES, default="mse")
+    st.add_argument("--mode", choices=MODES, default="direct")
+    st.add_argument("--arch", default="resnet18")
+    st.add_argument("--width", type=int, default=16)
+    st.add_argument("--epochs", type=int, default=30)
+    st.add_argument("--batch-size", type=int, default=64, help="training batch")
+    st.add_argument("--lr", type=float, default=1e-3)
+    st.add_argument("--aug-reuse", type=int, default=0, metavar="K", help="StolenEncoder: K augmented views reuse each answer")
+    st.add_argument("--anchors", type=int, default=0, help="sybil mode: images every account asks (for the linear mapper)")
+    st.add_argument("--repeats", type=int, default=1, help="ask every image R times and average (tests keyed noise)")
+    st.add_argument("--avoid-similar", type=float, default=None, metavar="TAU",
+                    help="drop queries whose thumbnail cosine with an earlier one exceeds TAU (stay under similarity detectors)")
+    st.add_argument("--request-size", type=int, default=32, help="images per HTTP request")
+    st.add_argument("--max-retries", type=int, default=8)
+    st.add_argument("--max-wait", type=float, default=120, help="give up after this many seconds of Retry-After waits")
+    st.add_argument("--out", required=True, help="folder of the stolen checkpoint (and report)")
+    st.add_argument("--eval-api-key", default=None, help="customer key for measuring the victim (default: the first key)")
+    st.add_argument("--no-eval", action="store_true", help="skip the linear-probe report")
+    st.add_argument("--buy-only", action="store_true", help="only fill the cache (no training)")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--device", default="cpu")
+    st.add_argument("--threads", type=int, default=None)
+    st.set_defaults(func=_cmd_steal)
+
+    ev = sub.add_parser("evaluate", help="probe stolen copies vs the victim through the API; report + plot")
+    _client_args(ev)
+    ev.add_argument("--checkpoint", action="append", required=True)
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(func=_cmd_evaluate)
+
     pr = sub.add_parser("probe", help="linear-probe accuracy of a checkpoint on the downstream tasks")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--data-seed", type=int, default=0)
@@ -36,6 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ApiError as e:
+        print(f"heist-attack {args.command}: API error: {e}", file=sys.stderr)
+        print("(answers received so far are in the cache; rerun the same command to resume)", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"heist-attack {args.command}: interrupted; answers received so far are cached, rerun to resume", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError) as e:
         print(f"heist-attack {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,207 @@
+"""Buying victim answers: query sets, the resumable cache, sybil accounts, query averaging.
+
+Everything here talks to the victim only through :class:`shared.client.ApiClient` (HTTP, like a
+customer). Answers are written to the :class:`attacker.cache.QueryCache` *inside* the client's
+per-request callback, i.e. durably on disk before the attack uses them; a rerun after a crash
+asks the cache first and buys only what is missing.
+
+Adaptive variants:
+
+- **sybils** (several API keys): the queries are split into disjoint shards, one per account, plus
+  ``anchors`` images that every account asks; a linear map (least squares with bias) from each
+  account's output space into the first account's space is fitted on the anchors and applied to
+  that account's shard. Defeats per-account output transformations that are (close to) affine.
+- **averaging** (``repeats`` > 1): every image is asked ``repeats`` times (each answer cached under
+  its own repeat index) and the answers are averaged: fresh random noise shrinks by sqrt(repeats),
+  keyed noise (same answer for the same account and image) does not shrink at all.
+- **no similar queries**: :func:`drop_similar` removes queries whose thumbnails are near-copies
+  of earlier ones, so a similarity detector sees no augmented/repeated inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from attacker.cache import QueryCache, account_fingerprint, image_ids
+from shared.client import ApiClient, ClientStats
+
+
+@dataclass
+class QuerySet:
+    name: str
+    images: np.ndarray  # uint8 (N, H, W, 3)
+    labels: np.ndarray | None  # main-task labels (SupCon needs them), or None
+
+
+def load_query_set(source: str, n: int, data_seed: int = 0) -> QuerySet:
+    """``attack`` | ``shifted_train`` | any synthetic split name | ``real:NAME:ROOT`` (first ``n`` images)."""
+    if n < 1:
+        raise ValueError(f"--queries must be >= 1, got {n}")
+    if source.startswith("real:"):
+        parts = source.split(":", 2)
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ValueError(f"a real query set is 'real:NAME:ROOT', got {source!r}")
+        from shared.data.real import TASK, load_real
+
+        ds = load_real(parts[1], parts[2], "train", size=32, limit=n)
+        labels = ds.labels[TASK]
+        labels = labels if (labels >= 0).all() else None
+    else:
+        from shared.data.synthetic import MAIN_TASK, DataSpec, SplitSpec, cache_dir, generate_split, load_split
+
+        spec = DataSpec(seed=data_seed)
+        if source not in spec.splits:
+            raise ValueError(f"unknown query set {source!r}; use attack, shifted_train or real:NAME:ROOT")
+        if source in ("train", "test", "shifted_test"):
+            raise ValueError(f"query set {source!r} is off limits to the attacker (victim's private or evaluation data)")
+        size = spec.splits[source].size
+        if n > size:
+            raise ValueError(f"query set {source!r} has {size} images, {n} asked")
+        if (cache_dir(spec) / f"{source}.npz").exists() or n > size // 2:
+            ds = load_split(spec, source, progress=True)
+        else:  # splits are prefix-stable: render only the first n images (in memory)
+            part = spec.model_copy(update={"splits": {source: SplitSpec(domain=spec.splits[source].domain, size=n)}})
+            ds = generate_split(part, source, progress=False)
+        labels = ds.labels[MAIN_TASK]
+    if n > len(ds.images):
+        raise ValueError(f"query set {source!r} has {len(ds.images)} images, {n} asked")
+    return QuerySet(source, np.ascontiguousarray(ds.images[:n]), None if labels is None else labels[:n])
+
+
+def drop_similar(images: np.ndarray, threshold: float = 0.98, size: int = 8) -> np.ndarray:
+    """Indices of queries to keep: greedy, drops an image whose centred thumbnail has cosine
+    similarity above ``threshold`` with one already kept (near-duplicates, augmented copies)."""
+    n = len(images)
+    th = images.reshape(n, size, images.shape[1] // size, size, images.shape[2] // size, 3).mean((2, 4)).reshape(n, -1)
+    th = th - th.mean(1, keepdims=True)
+    th = th / (np.linalg.norm(th, axis=1, keepdims=True) + 1e-8)
+    kept: list[int] = []
+    bank = np.zeros((0, th.shape[1]), np.float32)
+    for i in range(n):
+        if len(bank) and float((bank @ th[i]).max()) > threshold:
+            continue
+        kept.append(i)
+        bank = np.vstack([bank, th[i : i + 1]])
+    return np.asarray(kept, dtype=np.int64)
+
+
+@dataclass
+class AccountUse:
+    account: str  # fingerprint (never the key)
+    asked: int = 0
+    from_cache: int = 0
+    bought: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class Acquired:
+    answers: np.ndarray  # (N, D) in the first account's space
+    from_cache: int
+    bought: int
+    accounts: list[AccountUse]
+    mapper_fit_error: list[float] = field(default_factory=list)  # relative residual on the anchors, per sybil
+
+    def summary(self) -> dict:
+        return {"from_cache": self.from_cache, "bought": self.bought,
+                "accounts": [a.__dict__ for a in self.accounts], "mapper_fit_error": self.mapper_fit_error}
+
+
+def fit_linear_map(src: np.ndarray, dst: np.ndarray, ridge: float = 1e-3) -> tuple[np.ndarray, float]:
+    """W (D_src + 1, D_dst) with [src, 1] @ W ~ dst (ridge least squares); relative residual."""
+    x = np.hstack([src, np.ones((len(src), 1), src.dtype)]).astype(np.float64)
+    a = x.T @ x + ridge * np.eye(x.shape[1])
+    w = np.linalg.solve(a, x.T @ dst.astype(np.float64))
+    err = float(np.linalg.norm(x @ w - dst) / (np.linalg.norm(dst - dst.mean(0)) + 1e-12))
+    return w.astype(np.float32), err
+
+
+def apply_map(w: np.ndarray, src: np.ndarray) -> np.ndarray:
+    return (np.hstack([src, np.ones((len(src), 1), src.dtype)]) @ w).astype(np.float32)
+
+
+async def _buy(client: ApiClient, cache: QueryCache, acct: str, images: np.ndarray, ids: list[str], output: str,
+               rep: int, batch_size: int, bar: tqdm | None) -> tuple[np.ndarray, int, int]:
+    """Answers for ``images`` from the cache, buying the missing ones (stored before use)."""
+    have = cache.get(acct, ids, output, rep)
+    missing = [i for i, k in enumerate(ids) if k not in have]
+    if bar is not None:
+        bar.update(len(ids) - len(missing))
+    if missing:
+        miss_ids = [ids[i] for i in missing]
+
+        def store(start: int, rows: np.ndarray) -> None:
+            cache.put(acct, miss_ids[start : start + len(rows)], rows, output, rep)  # durable before use
+            if bar is not None:
+                bar.update(len(rows))
+
+        bought = await client.embed(images[missing], output=output, batch_size=batch_size, on_batch=store)
+        for j, i in enumerate(missing):
+            have[ids[i]] = bought[j]
+    return np.stack([have[k] for k in ids]), len(ids) - len(missing), len(missing)
+
+
+async def acquire(url: str, keys: list[str], images: np.ndarray, cache: QueryCache, *, output: str = "representation",
+                  anchors: int = 0, repeats: int = 1, concurrency: int = 4, batch_size: int = 32, pow_workers: int = 1,
+                  max_retries: int = 8, max_wait_s: float = 120, progress: bool = True) -> Acquired:
+    """Victim answers for ``images``; several keys = sybil mode (shards + shared anchors + linear maps)."""
+    if not keys:
+        raise ValueError("at least one --api-key is needed")
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    n, k = len(images), len(keys)
+    if k > 1 and not 0 < anchors < n:
+        raise ValueError(f"sybil mode with {k} keys needs 0 < anchors < {n} (shared anchor queries for the mapper)")
+    if k == 1:
+        anchors = 0
+    ids = image_ids(images)
+    # image indices per account: anchors (shared) + a contiguous shard of the rest
+    rest = np.arange(anchors, n)
+    shards = np.array_split(rest, k)
+    plan = [np.concatenate([np.arange(anchors), s]) for s in shards]
+    total = sum(len(p) for p in plan) * repeats
+    uses: list[AccountUse] = []
+    per_acct: list[np.ndarray] = []
+    bar = tqdm(total=total, desc="queries", unit="img", disable=not progress)
+    try:
+        for key, idx in zip(keys, plan, strict=True):
+            acct = account_fingerprint(url, key)
+            use = AccountUse(acct, asked=len(idx) * repeats)
+            client = ApiClient(url, key, concurrency=concurrency, max_retries=max_retries, max_wait_s=max_wait_s,
+                               pow_workers=pow_workers)
+            try:
+                reps = []
+                for r in range(repeats):
+                    ans, hit, bought = await _buy(client, cache, acct, images[idx], [ids[i] for i in idx], output, r,
+                                                  batch_size, bar)
+                    reps.append(ans)
+                    use.from_cache += hit
+                    use.bought += bought
+                per_acct.append(np.mean(reps, axis=0) if repeats > 1 else reps[0])
+            finally:
+                use.stats = client.stats.as_dict()
+                await client.aclose()
+            uses.append(use)
+    finally:
+        bar.close()
+    out = np.empty((n, per_acct[0].shape[1]), np.float32)
+    out[plan[0]] = per_acct[0]
+    errors: list[float] = []
+    for idx, ans in zip(plan[1:], per_acct[1:], strict=True):
+        w, err = fit_linear_map(ans[:anchors], per_acct[0][:anchors])
+        errors.append(err)
+        out[idx[anchors:]] = apply_map(w, ans[anchors:])
+    return Acquired(out, sum(u.from_cache for u in uses), sum(u.bought for u in uses), uses, errors)
+
+
+def acquire_sync(*args, **kw) -> Acquired:
+    return asyncio.run(acquire(*args, **kw))
+
+
+def merged_stats(accounts: list[AccountUse]) -> dict:
+    keys = ClientStats().as_dict().keys()
+    return {k: round(sum(a.stats.get(k, 0) for a in accounts), 3) for k in keys}

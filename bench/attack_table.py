@@ -1,0 +1,168 @@
+"""The stealing table (like the stealing paper's): linear-probe accuracy of stolen copies over
+losses x query budgets, direct extraction, against the undefended victim (tier ``unlimited``).
+
+    python -m bench.attack_table [--url URL --api-key KEY] [--losses mse,infonce,...] \
+        [--budgets 1000,2000,4000] [--epochs 30] [--width 16] [--quick]
+
+Without --url it starts ``heist-server serve --checkpoint runs/victim`` itself on a free port
+(embedded store, tier ``unlimited``: no limits, no defences) and creates the accounts through the
+admin endpoint. Queries are the first N images of the ``attack`` split, bought once per budget
+through one thief account and cached (tables over several losses reuse the same answers, as an
+attacker would); the victim's quality is measured by a separate customer account through the API.
+Writes results/attack_table.json, results/attack_table.md and results/attack_accuracy_vs_queries.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from attacker.cache import QueryCache
+from attacker.measure import plot_accuracy, probe_api, probe_local, ratios
+from attacker.queries import acquire, load_query_set
+from attacker.steal import StealConfig, train_stolen
+from bench._common import RESULTS, table, write_json
+from shared.data.synthetic import MAIN_TASK, DataSpec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def local_victim(checkpoint: str, tiers: dict | None = None, max_images: int = 64):
+    """A real heist-server subprocess on loopback; yields (url, admin token)."""
+    import json
+    import tempfile
+
+    port, token = free_port(), "bench-admin-" + secrets.token_urlsafe(12)
+    cfg = {"max_images_per_request": max_images, "tiers": tiers or {"unlimited": {"outputs": ["representation", "projection"]}}}
+    with tempfile.TemporaryDirectory() as d:
+        cf = Path(d) / "server.json"
+        cf.write_text(json.dumps(cfg))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}
+        env.update(HEIST_ADMIN_TOKEN=token, HEIST_SERVER_SECRET="bench-" + secrets.token_hex(8), HEIST_TORCH_THREADS="1")
+        log = open(Path(d) / "server.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", checkpoint, "--config", str(cf),
+                                 "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(600):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"victim server exited: {(Path(d) / 'server.log').read_text()[-2000:]}")
+                try:
+                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            yield url, token
+        finally:
+            proc.terminate()
+            proc.wait(20)
+            log.close()
+
+
+def new_key(url: str, admin: str, tier: str, name: str) -> str:
+    r = httpx.post(url + "/v1/admin/accounts", json={"name": name, "tier": tier},
+                   headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+    r.raise_for_status()
+    return r.json()["api_key"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url")
+    p.add_argument("--api-key", help="thief key (tier unlimited); with --url")
+    p.add_argument("--customer-key", help="customer key for the victim's API probe (default: the thief key)")
+    p.add_argument("--checkpoint", default="runs/victim")
+    p.add_argument("--losses", default="mse,infonce,softnn,wasserstein,supcon,barlow,simsiam")
+    p.add_argument("--budgets", default="1000,2000,4000")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--probe-train-size", type=int, default=5000)
+    p.add_argument("--cache", default="results/attack_cache")
+    p.add_argument("--out", default="attack_table", help="results/<out>.json|.md")
+    p.add_argument("--quick", action="store_true", help="mse+infonce, budgets 500,1000, width 8, 2 epochs, probe 2000")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.losses, a.budgets, a.epochs, a.width, a.probe_train_size = "mse,infonce", "500,1000", 2, 8, 2000
+        a.out = a.out + "_quick" if a.out == "attack_table" else a.out
+    losses, budgets = a.losses.split(","), sorted(int(b) for b in a.budgets.split(","))
+    spec = DataSpec()
+
+    def run(url: str, thief: str, customer: str) -> dict:
+        cache = QueryCache(a.cache)
+        print(f"victim through the API (customer account), probe train size {a.probe_train_size}", file=sys.stderr)
+        victim, vcost = probe_api(url, customer, spec, cache, a.probe_train_size)
+        qs = load_query_set("attack", max(budgets))
+        t0 = time.perf_counter()
+        got = asyncio.run(acquire(url, [thief], qs.images, cache))
+        buy_s = time.perf_counter() - t0
+        print(f"queries: {got.from_cache} served from cache, {got.bought} bought ({buy_s:.1f} s)", file=sys.stderr)
+        rows = []
+        for n in budgets:
+            for loss in losses:
+                cfg = StealConfig(loss=loss, width=a.width, epochs=a.epochs, batch_size=min(a.batch_size, n), lr=a.lr)
+                t = time.perf_counter()
+                ck, hist = train_stolen(qs.images[:n], got.answers[:n], cfg, qs.labels[:n])
+                s = probe_local(ck.encoder, spec, a.probe_train_size, progress=False)
+                r = ratios(s, victim)
+                row = {"loss": loss, "queries": n, **s, "ratio": r[f"probe_{MAIN_TASK}"],
+                       "train_s": round(hist["train_seconds"], 1), "total_s": round(time.perf_counter() - t, 1)}
+                rows.append(row)
+                print(f"{loss:12s} {n:6d} queries: shape {100 * s['probe_shape']:.1f}% ratio {row['ratio']:.3f} "
+                      f"({row['train_s']} s training)", file=sys.stderr)
+        cache.close()
+        return {"victim_api": victim, "victim_api_cost": vcost, "rows": rows, "query_seconds": round(buy_s, 1)}
+
+    torch.manual_seed(0)
+    if a.url:
+        if not a.api_key:
+            p.error("--url needs --api-key")
+        res = run(a.url, a.api_key, a.customer_key or a.api_key)
+    else:
+        with local_victim(a.checkpoint) as (url, admin):
+            tag = secrets.token_hex(3)
+            res = run(url, new_key(url, admin, "unlimited", f"thief-{tag}"), new_key(url, admin, "unlimited", f"customer-{tag}"))
+    victim = res["victim_api"]
+    cols = ["loss", "queries", "probe_shape", "probe_pattern", "probe_shape_shifted", "ratio", "train_s"]
+    fmt = [{**r, **{k: f"{100 * r[k]:.1f}%" for k in ("probe_shape", "probe_pattern", "probe_shape_shifted")},
+            "ratio": f"{r['ratio']:.3f}"} for r in res["rows"]]
+    txt = table(fmt, cols)
+    head = (f"victim via API: shape {100 * victim['probe_shape']:.1f}%, pattern {100 * victim['probe_pattern']:.1f}%, "
+            f"shape (shifted) {100 * victim['probe_shape_shifted']:.1f}%; stolen {a.width=} {a.epochs=}; ratio = stolen/victim on shape")
+    cmd = "python -m bench.attack_table " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(head)
+    print(txt)
+    best = max(res["rows"], key=lambda r: r["ratio"])
+    print(f"best: {best['loss']} at {best['queries']} queries, ratio {best['ratio']:.3f}")
+    write_json(a.out, {"command": cmd, "config": vars(a), **res, "best": best})
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{a.out}.md").write_text(f"# Stealing table\n\n{head}\n\nCommand: `{cmd}`\n\n```\n{txt}\n```\n")
+    plot_accuracy(res["rows"], RESULTS / f"{a.out.replace('table', 'accuracy_vs_queries')}.png", victim["probe_shape"])
+    _ = np
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
