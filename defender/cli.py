@@ -44,6 +44,43 @@ def _cmd_watermark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import os
+
+    import numpy as np
+
+    from defender.report import text_table, write
+    from defender.suspects import SuspectError, open_suspect
+    from defender.verify import METHODS, VerifyConfig, verify
+    from shared.checkpoint import load_checkpoint
+    from shared.transforms import make_transform
+
+    victim = load_checkpoint(args.victim)
+    cfg = VerifyConfig(alpha=args.alpha, wm_n=args.wm_n, align_n=args.align_n, di_fit=args.di_fit, di_private=args.di_private,
+                       di_public=args.di_public, di_public_split=args.di_public_split, di_components=args.components,
+                       mi_dims=args.mi_dims, seed=args.seed, methods=tuple(args.methods or METHODS))
+    transform = None
+    if args.obfuscate:  # testing aid: obfuscate a *local* suspect's answers (keyed by --obfuscate-seed)
+        transform = make_transform(args.obfuscate, load_checkpoint(args.suspect).config.representation_dim,
+                                   np.random.default_rng(args.obfuscate_seed), pad=args.pad)
+    api_key = args.api_key or os.environ.get("HEIST_API_KEY")
+    try:
+        with open_suspect(args.suspect, api_key=api_key, transform=transform, progress=not args.quiet,
+                          **({"max_wait_s": args.max_wait_s, "pow_workers": args.pow_workers}
+                             if str(args.suspect).startswith(("http://", "https://")) else {})) as suspect:
+            rep = verify(victim, suspect, cfg, victim_name=str(args.victim), progress=not args.quiet)
+    except SuspectError as e:
+        print(f"heist-defend verify: suspect error (no verdict): {e}", file=sys.stderr)
+        return 3
+    print(text_table(rep))
+    if args.out:
+        paths = write(rep, Path(args.out))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if args.json:
+        print(json.dumps(rep.as_dict(), indent=2, default=float))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="heist-defend", description="Encoder Heist defender: ownership checks of a suspect encoder.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,6 +91,30 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--alpha", type=float, default=0.01)
     w.add_argument("--json", action="store_true")
     w.set_defaults(func=_cmd_watermark)
+    v = sub.add_parser("verify", help="all ownership checks (watermark raw/aligned, dataset inference, similarity) of a suspect")
+    v.add_argument("--victim", required=True, help="victim checkpoint folder (the defender's own model)")
+    v.add_argument("--suspect", required=True, help="suspect: http(s)://host:port of an embeddings API, or a checkpoint folder")
+    v.add_argument("--api-key", help="API key for an HTTP suspect (default: $HEIST_API_KEY)")
+    v.add_argument("--out", help="folder for verify.json, verify.md and plots")
+    v.add_argument("--alpha", type=float, default=0.01)
+    v.add_argument("--wm-n", type=int, default=500, help="private images for the watermark (x4 rotations)")
+    v.add_argument("--align-n", type=int, default=1000, help="public images for alignment and similarity")
+    v.add_argument("--di-fit", type=int, default=1000, help="private part A size (GMM fit)")
+    v.add_argument("--di-private", type=int, default=1000, help="private part B size (scored)")
+    v.add_argument("--di-public", type=int, default=1000, help="public images scored")
+    v.add_argument("--di-public-split", default="test", help="split used as public data for dataset inference")
+    v.add_argument("--components", type=int, default=10, help="GMM components")
+    v.add_argument("--mi-dims", type=int, default=16, help="whitened dimensions for the MI estimator")
+    v.add_argument("--methods", nargs="+", help="subset of: watermark watermark_aligned dataset_inference similarity")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--obfuscate", choices=["permute", "pad_shuffle", "affine"], help="(local suspects) obfuscate its answers")
+    v.add_argument("--obfuscate-seed", type=int, default=1)
+    v.add_argument("--pad", type=int, default=16, help="padding dimensions for --obfuscate pad_shuffle")
+    v.add_argument("--max-wait-s", type=float, default=120, help="HTTP: give up after waiting this long on 429/503")
+    v.add_argument("--pow-workers", type=int, default=1)
+    v.add_argument("--json", action="store_true", help="also print the JSON report")
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
+    v.set_defaults(func=_cmd_verify)
     return p
 
 

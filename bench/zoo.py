@@ -1,0 +1,198 @@
+"""Model zoo check of the defender: truth vs verdict for every suspect, with p-values.
+
+Suspects (whatever exists under runs/ is used; what is missing is listed, never faked):
+
+- the victim itself (truth: stolen, i.e. "is the victim's model");
+- stolen copies ``runs/stolen-<loss>-<queries>`` made by the attacker over HTTP. With ``--steal``
+  this bench makes them: it starts ``heist-server serve --checkpoint runs/victim`` on a private
+  Redis prefix, creates an ``unlimited`` account, and runs for every loss and budget
+  ``heist-attack steal --url URL --api-key KEY --queries N --loss L --query-set attack --arch resnet18
+  --width 16 --epochs E --out runs/stolen-L-N --cache runs/steal-cache``;
+- independent encoders: ``runs/independent-seed1`` (other seed, same private data!),
+  ``runs/independent-shifted`` (other domain), and any ``runs/independent-*``;
+- obfuscated variants (``--obfuscate permute affine pad_shuffle``) of the victim, of every stolen
+  copy and of the independent encoders: output transforms from shared/transforms.py, keyed.
+
+Usage: ``nice -n 10 python -m bench.zoo [--steal] [--losses mse infonce softnn] [--budgets 2000 8000]``.
+Writes results/zoo.json and results/zoo.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bench._common import RESULTS, table, write_json
+
+REPO = Path(__file__).resolve().parent.parent
+RUNS = REPO / "runs"
+
+
+def _p(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1e}"
+
+
+def steal_all(args: argparse.Namespace) -> None:
+    """Start the victim API and run ``heist-attack steal`` for each loss and budget (skips existing copies)."""
+    import httpx
+
+    url_redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    port = args.port
+    admin = "zoo-admin-" + secrets.token_urlsafe(12)
+    env = {**os.environ, "HEIST_ADMIN_TOKEN": admin, "HEIST_SERVER_SECRET": "zoo-" + secrets.token_hex(8),
+           "HEIST_STORE_PREFIX": "heist-zoo", "REDIS_URL": url_redis}
+    log = open(RESULTS / "zoo-server.log", "w")
+    srv = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(args.victim), "--port", str(port)],
+                           cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        r = httpx.post(base + "/v1/admin/accounts", json={"name": "zoo-attacker", "tier": "unlimited"},
+                       headers={"Authorization": f"Bearer {admin}"})
+        r.raise_for_status()
+        key = r.json()["api_key"]
+        for loss in args.losses:
+            for n in args.budgets:
+                out = RUNS / f"stolen-{loss}-{n}"
+                if (out / "config.json").exists():
+                    continue
+                cmd = ["heist-attack", "steal", "--url", base, "--api-key", key, "--queries", str(n), "--loss", loss,
+                       "--query-set", "attack", "--arch", "resnet18", "--width", "16", "--epochs", str(args.epochs),
+                       "--out", str(out), "--cache", str(RUNS / "steal-cache"), "--no-eval"]
+                print("$", " ".join(c if c != key else "$KEY" for c in cmd), flush=True)
+                subprocess.run([sys.executable, "-m", "attacker.cli", *cmd[1:]], cwd=REPO, check=True)
+    finally:
+        srv.terminate()
+        srv.wait(30)
+        log.close()
+
+
+def suspects(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
+    found, missing = [{"name": "victim", "path": args.victim, "truth": "stolen", "group": "victim"}], []
+    for loss in args.losses:
+        for n in args.budgets:
+            p = RUNS / f"stolen-{loss}-{n}"
+            if (p / "config.json").exists():
+                found.append({"name": p.name, "path": p, "truth": "stolen", "group": f"stolen/{n}"})
+            else:
+                missing.append(f"{p.name} (make it with --steal)")
+    extra = sorted(p for p in RUNS.glob("stolen-*") if (p / "config.json").exists() and p.name not in {s["name"] for s in found})
+    found += [{"name": p.name, "path": p, "truth": "stolen", "group": "stolen/other"} for p in extra]
+    for p in sorted(RUNS.glob("independent-*")):
+        if (p / "config.json").exists():
+            found.append({"name": p.name, "path": p, "truth": "independent", "group": "independent"})
+        else:
+            missing.append(f"{p.name} (no config.json yet: still training?)")
+    for want in ("independent-seed1", "independent-shifted"):
+        if not (RUNS / want).exists():
+            missing.append(f"{want} (heist-server train --kind independent --no-watermark ...)")
+    out = list(found)
+    for s in found:
+        for i, kind in enumerate(args.obfuscate):
+            out.append({**s, "name": f"{s['name']}+{kind}", "obfuscation": kind, "obfuscation_seed": 100 + i})
+    return out, missing
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--victim", type=Path, default=RUNS / "victim")
+    ap.add_argument("--steal", action="store_true", help="make missing stolen copies with heist-attack steal over HTTP first")
+    ap.add_argument("--losses", nargs="+", default=["mse", "infonce", "softnn"])
+    ap.add_argument("--budgets", nargs="+", type=int, default=[2000, 8000])
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--obfuscate", nargs="*", default=["permute", "affine", "pad_shuffle"])
+    ap.add_argument("--wm-n", type=int, default=500)
+    ap.add_argument("--di-n", type=int, default=1000, help="part A, part B and public sizes of dataset inference")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from defender.suspects import LocalSuspect
+    from defender.verify import VerifyConfig, verify
+    from shared.checkpoint import load_checkpoint
+    from shared.transforms import make_transform
+
+    torch.set_num_threads(args.threads)
+    RESULTS.mkdir(exist_ok=True)
+    if args.steal:
+        steal_all(args)
+    victim = load_checkpoint(args.victim)
+    cfg = VerifyConfig(wm_n=args.wm_n, di_fit=args.di_n, di_private=args.di_n, di_public=args.di_n)
+    todo, missing = suspects(args)
+    rows = []
+    for s in tqdm(todo, desc="zoo", unit="suspect"):
+        t = None
+        if s.get("obfuscation"):
+            t = make_transform(s["obfuscation"], load_checkpoint(s["path"]).config.representation_dim,
+                               np.random.default_rng(s["obfuscation_seed"]), pad=16)
+        rep = verify(victim, LocalSuspect(s["path"], transform=t, name=s["name"]), cfg, victim_name=str(args.victim))
+        r = {k: str(v) if isinstance(v, Path) else v for k, v in s.items()}
+        for m in ("watermark", "watermark_aligned", "dataset_inference", "similarity"):
+            row = rep.row(m)
+            r[m] = {"value": row.value, "p": row.p_value, "verdict": row.verdict} if row else None
+        r["overall"], r["queries"], r["seconds"] = rep.overall, rep.queries["sent"], rep.seconds
+        rows.append(r)
+        tqdm.write(f"{s['name']:32s} truth={s['truth']:11s} overall={rep.overall:11s} "
+                   f"wm={r['watermark']['value'] if r['watermark']['value'] is not None else float('nan'):.3f} "
+                   f"wm_al={r['watermark_aligned']['value']:.3f} (p={_p(r['watermark_aligned']['p'])}) "
+                   f"DI p={_p(r['dataset_inference']['p'])}")
+
+    def cell(r: dict, m: str) -> str:
+        x = r[m]
+        if x is None or x["value"] is None:
+            return "n/a"
+        return f"{x['value']:.3f} / {_p(x['p'])} -> {x['verdict']}"
+
+    tab = [{"suspect": r["name"], "truth": r["truth"], "watermark (acc / p)": cell(r, "watermark"),
+            "aligned watermark": cell(r, "watermark_aligned"), "DI (t / p)": cell(r, "dataset_inference"),
+            "MI norm": f"{r['similarity']['value']:.3f}" if r["similarity"]["value"] is not None else "n/a",
+            "overall": r["overall"]} for r in rows]
+    cols = ["suspect", "truth", "watermark (acc / p)", "aligned watermark", "DI (t / p)", "MI norm", "overall"]
+    conf: dict[str, dict[str, dict[str, int]]] = {}
+    for method in ("watermark_aligned", "dataset_inference", "overall"):
+        c = {t: {"stolen": 0, "independent": 0} for t in ("stolen", "independent")}
+        for r in rows:
+            v = r["overall"] if method == "overall" else r[method]["verdict"]
+            if v in ("stolen", "independent"):
+                c[r["truth"]][v] += 1
+        conf[method] = c
+    text = table(tab, cols)
+    print(text)
+    conf_lines = []
+    for method, c in conf.items():
+        conf_lines.append(f"\n{method}: truth \\ verdict   stolen  independent")
+        for t in ("stolen", "independent"):
+            conf_lines.append(f"  {t:11s}                   {c[t]['stolen']:6d}  {c[t]['independent']:11d}")
+    print("\n".join(conf_lines))
+    if missing:
+        print("missing suspects:\n  " + "\n  ".join(missing))
+    write_json("zoo", {"config": cfg.model_dump(), "rows": rows, "confusion": conf, "missing": missing})
+    md = ["# Defender model zoo", "", "`nice -n 10 python -m bench.zoo " + " ".join(argv or sys.argv[1:]) + "`", "",
+          "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(str(t[c]) for c in cols) + " |" for t in tab]
+    md += ["", "## Confusion (truth x verdict)", "", "```", *conf_lines, "```", ""]
+    if missing:
+        md += ["## Missing suspects", "", *[f"- {m}" for m in missing], ""]
+    (RESULTS / "zoo.md").write_text("\n".join(md))
+    print(f"wrote {RESULTS / 'zoo.json'} and {RESULTS / 'zoo.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

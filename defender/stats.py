@@ -1,0 +1,233 @@
+"""Pure statistics of the ownership checks (numpy/scipy/scikit-learn in, numbers out; no I/O).
+
+- :func:`fit_alignment` / :class:`Alignment`: least squares (small ridge) from the suspect's
+  representation space to the victim's, fitted on public queries both answered; undoes
+  permutation, padding and affine obfuscation before the victim's watermark predictor is used.
+- :func:`dataset_inference`: GMM (diagonal covariance) on L2-normalised representations of
+  private part A; log-likelihoods of private part B vs public data; one-sided Welch t-test.
+- :func:`similarity`: l2 and cosine between answers to the same inputs (rows standardised then
+  L2-normalised) and mutual information from the Kozachenko-Leonenko 1-NN entropy estimator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import special, stats
+from sklearn.mixture import GaussianMixture
+
+
+def _check(name: str, x: np.ndarray, min_rows: int = 2) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-d (N, D) array, got shape {x.shape}")
+    if len(x) < min_rows:
+        raise ValueError(f"{name}: need at least {min_rows} rows, got {len(x)}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or inf")
+    return x
+
+
+# ---- alignment ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Alignment:
+    """y_victim ~= x_suspect @ weight + bias."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    r2_fit: float          # variance of the victim's answers explained, on the fitting queries
+    r2_holdout: float      # the same on held-out public queries (nan when none were held out)
+    n_fit: int
+    ridge: float
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        x = _check("suspect representations", x, min_rows=1)
+        if x.shape[1] != self.weight.shape[0]:
+            raise ValueError(f"alignment was fitted on {self.weight.shape[0]}-d suspect answers, got {x.shape[1]}-d")
+        return (x @ self.weight + self.bias).astype(np.float32)
+
+    def summary(self) -> dict:
+        return {"r2_fit": self.r2_fit, "r2_holdout": self.r2_holdout, "n_fit": self.n_fit, "ridge": self.ridge,
+                "suspect_dim": int(self.weight.shape[0]), "victim_dim": int(self.weight.shape[1])}
+
+
+def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
+    """Share of the total variance of ``y`` (all dimensions pooled) explained by ``pred``."""
+    ss_res = float(((y - pred) ** 2).sum())
+    ss_tot = float(((y - y.mean(0)) ** 2).sum())
+    return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+
+
+def fit_alignment(suspect: np.ndarray, victim: np.ndarray, ridge: float = 1e-3, holdout: float = 0.2, seed: int = 0) -> Alignment:
+    """Least squares (ridge relative to the mean eigenvalue) from suspect answers to victim answers.
+
+    ``holdout`` of the rows are kept aside to report an honest R^2, then the map is refitted on all rows.
+    """
+    x, y = _check("suspect answers", suspect, 3), _check("victim answers", victim, 3)
+    if len(x) != len(y):
+        raise ValueError(f"alignment needs answers to the same inputs: {len(x)} suspect rows vs {len(y)} victim rows")
+
+    def solve(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mx, my = xs.mean(0), ys.mean(0)
+        xc, yc = xs - mx, ys - my
+        gram = xc.T @ xc
+        lam = ridge * (np.trace(gram) / gram.shape[0] + 1e-12)
+        w = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), xc.T @ yc)
+        return w, my - mx @ w
+
+    r2_hold = float("nan")
+    n_hold = int(len(x) * holdout)
+    if n_hold >= 2 and len(x) - n_hold >= 3:
+        perm = np.random.default_rng(seed).permutation(len(x))
+        hold, fit = perm[:n_hold], perm[n_hold:]
+        w, b = solve(x[fit], y[fit])
+        r2_hold = r2_score(y[hold], x[hold] @ w + b)
+    w, b = solve(x, y)
+    return Alignment(weight=w.astype(np.float32), bias=b.astype(np.float32), r2_fit=r2_score(y, x @ w + b),
+                     r2_holdout=r2_hold, n_fit=len(x), ridge=ridge)
+
+
+# ---- dataset inference --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DatasetInferenceResult:
+    t_statistic: float
+    p_value: float
+    mean_ll_private: float     # mean log-likelihood of private part B
+    mean_ll_public: float      # mean log-likelihood of the public data
+    effect: float              # mean difference / pooled standard deviation (Cohen's d)
+    n_fit: int                 # private part A
+    n_private: int             # private part B
+    n_public: int
+    components: int
+    alpha: float
+    verdict: str               # "stolen" (p < alpha) or "independent"
+    ll_private: np.ndarray = field(repr=False, compare=False)
+    ll_public: np.ndarray = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("ll_private")
+        d.pop("ll_public")
+        return d
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    if (n == 0).any():
+        raise ValueError("a representation is all zeros: cannot L2-normalise it")
+    return x / n
+
+
+def dataset_inference(part_a: np.ndarray, part_b: np.ndarray, public: np.ndarray, components: int = 10,
+                      alpha: float = 0.01, seed: int = 0, reg_covar: float = 1e-6) -> DatasetInferenceResult:
+    """Is the suspect's density higher on the victim's private data than on public data?
+
+    A GMM (diagonal covariance) is fitted on the L2-normalised representations of private part A;
+    the one-sided Welch t-test asks whether the mean log-likelihood of private part B exceeds that
+    of public data. Under independence (no use of the private data) B and public are exchangeable.
+    """
+    a, b, p = _check("private part A", part_a), _check("private part B", part_b), _check("public data", public)
+    if not (a.shape[1] == b.shape[1] == p.shape[1]):
+        raise ValueError(f"dimensions differ: A {a.shape[1]}, B {b.shape[1]}, public {p.shape[1]}")
+    if components < 1 or components > len(a):
+        raise ValueError(f"components must be in 1..{len(a)} (the size of part A), got {components}")
+    gmm = GaussianMixture(n_components=components, covariance_type="diag", reg_covar=reg_covar, random_state=seed, max_iter=200)
+    gmm.fit(l2_normalise(a))
+    ll_b, ll_p = gmm.score_samples(l2_normalise(b)), gmm.score_samples(l2_normalise(p))
+    res = stats.ttest_ind(ll_b, ll_p, equal_var=False, alternative="greater")
+    t, pv = float(res.statistic), float(res.pvalue)
+    if not math.isfinite(pv):  # both samples constant: no evidence either way
+        t, pv = 0.0, 1.0
+    pooled = math.sqrt((ll_b.var(ddof=1) + ll_p.var(ddof=1)) / 2) or float("nan")
+    return DatasetInferenceResult(
+        t_statistic=t, p_value=pv, mean_ll_private=float(ll_b.mean()), mean_ll_public=float(ll_p.mean()),
+        effect=float((ll_b.mean() - ll_p.mean()) / pooled), n_fit=len(a), n_private=len(b), n_public=len(p),
+        components=components, alpha=alpha, verdict="stolen" if pv < alpha else "independent",
+        ll_private=ll_b, ll_public=ll_p)
+
+
+# ---- similarity and mutual information ----------------------------------------------------------
+
+def standardise_rows(x: np.ndarray) -> np.ndarray:
+    """Each row minus its mean, over its standard deviation, then L2-normalised."""
+    x = _check("representations", x, 1)
+    z = (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-12)
+    return z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-12)
+
+
+def knn_entropy(x: np.ndarray) -> float:
+    """Kozachenko-Leonenko differential entropy (nats) with the nearest neighbour (k = 1).
+
+    H = psi(N) - psi(1) + log V_d + (d / N) * sum_i log eps_i, eps_i the distance of row i to its
+    nearest other row, V_d the volume of the unit d-ball.
+    """
+    x = _check("entropy input", x, 3)
+    n, d = x.shape
+    sq = (x * x).sum(1)
+    dist2 = sq[:, None] + sq[None, :] - 2 * x @ x.T
+    np.fill_diagonal(dist2, np.inf)
+    eps = np.sqrt(np.maximum(dist2.min(1), 0.0))
+    eps = np.maximum(eps, 1e-10)  # duplicates: a tiny floor instead of log(0)
+    log_vd = (d / 2) * math.log(math.pi) - special.gammaln(d / 2 + 1)
+    return float(special.digamma(n) - special.digamma(1) + log_vd + d * np.log(eps).mean())
+
+
+def whiten(x: np.ndarray, dims: int | None = None) -> np.ndarray:
+    """PCA-whiten (centred, unit variance per principal component), keeping ``dims`` components.
+
+    With all components kept this makes distances invariant to any invertible affine map of x
+    (whitened copies differ by a rotation), so MI survives permutation/affine obfuscation; padding
+    dimensions are kept out by the truncation when they carry less variance.
+    """
+    x = _check("representations", x, 3)
+    xc = x - x.mean(0)
+    u, s, _ = np.linalg.svd(xc, full_matrices=False)
+    keep = s > s[0] * 1e-6
+    k = int(keep.sum()) if dims is None else min(int(keep.sum()), dims)
+    return u[:, :k] * math.sqrt(len(x) - 1)
+
+
+def mutual_information(x: np.ndarray, y: np.ndarray) -> float:
+    """MI = H(X) + H(Y) - H([X, Y]) with the 1-NN entropy estimator (nats)."""
+    if len(x) != len(y):
+        raise ValueError(f"MI needs paired rows: {len(x)} vs {len(y)}")
+    return knn_entropy(x) + knn_entropy(y) - knn_entropy(np.concatenate([x, y], axis=1))
+
+
+@dataclass(frozen=True)
+class SimilarityResult:
+    l2: float | None           # mean distance of standardised rows (None when the dimensions differ)
+    cosine: float | None       # mean cosine of standardised rows
+    mi: float                  # MI(victim, suspect), nats, on whitened answers
+    mi_random: float           # MI(victim, random-init encoder): the floor
+    mi_self: float             # MI(victim, victim): the ceiling
+    mi_normalised: float       # (mi - mi_random) / (mi_self - mi_random)
+    n: int
+    mi_dims: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def similarity(victim: np.ndarray, suspect: np.ndarray, random_init: np.ndarray, mi_dims: int = 16) -> SimilarityResult:
+    """Similarity of the suspect's answers to the victim's on the same inputs (rows paired)."""
+    v, s, r = _check("victim answers", victim, 3), _check("suspect answers", suspect, 3), _check("random-init answers", random_init, 3)
+    if not (len(v) == len(s) == len(r)):
+        raise ValueError(f"similarity needs answers to the same inputs: {len(v)}, {len(s)}, {len(r)} rows")
+    l2 = cos = None
+    if v.shape[1] == s.shape[1]:
+        vs, ss = standardise_rows(v), standardise_rows(s)
+        l2 = float(np.linalg.norm(vs - ss, axis=1).mean())
+        cos = float((vs * ss).sum(1).mean())
+    wv, ws, wr = whiten(v, mi_dims), whiten(s, mi_dims), whiten(r, mi_dims)
+    mi = mutual_information(wv, ws)
+    mi_rand = mutual_information(wv, wr)
+    mi_self = mutual_information(wv, wv)
+    span = mi_self - mi_rand
+    norm = (mi - mi_rand) / span if span > 0 else float("nan")
+    return SimilarityResult(l2=l2, cosine=cos, mi=mi, mi_random=mi_rand, mi_self=mi_self, mi_normalised=float(norm),
+                            n=len(v), mi_dims=wv.shape[1])

@@ -1,0 +1,188 @@
+"""``verify``: query a suspect on the defender's data and run every ownership check.
+
+The victim is the defender's own checkpoint (local); the suspect is only queried. Queries:
+
+- public images (``align_n``): the victim's and the suspect's answers fit the alignment map and
+  feed the similarity scores;
+- rotated private images (part B, ``wm_n`` images x the watermark's angles): the watermark;
+- private part A (``di_fit``), private part B (``di_private``), public data (``di_public`` images of
+  the ``di_public_split`` split): dataset inference.
+
+Identical images are paid for once (the 0-degree copies of part B are part B). The report says
+how many images each check needed and how many the suspect was actually sent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from defender.stats import dataset_inference, fit_alignment, similarity
+from defender.suspects import Suspect
+from defender.watermark import watermark_test
+from shared.checkpoint import Checkpoint
+from shared.data.synthetic import DataSpec, load_split, private_split_indices
+from shared.probe import extract_features
+from shared.watermark import rotated_copies
+
+METHODS = ("watermark", "watermark_aligned", "dataset_inference", "similarity")
+
+
+class VerifyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    wm_n: int = Field(default=500, ge=10, description="private images for the watermark (each rotated to every angle)")
+    align_n: int = Field(default=1000, ge=10, description="public images for the alignment map and similarity")
+    align_ridge: float = Field(default=1e-3, ge=0)
+    di_fit: int = Field(default=1000, ge=10, description="private part A: GMM fit")
+    di_private: int = Field(default=1000, ge=10, description="private part B: scored")
+    di_public: int = Field(default=1000, ge=10, description="public images scored")
+    di_public_split: str = "test"
+    di_components: int = Field(default=10, ge=1)
+    mi_dims: int = Field(default=16, ge=1)
+    seed: int = 0
+    methods: tuple[str, ...] = METHODS
+
+
+@dataclass
+class Verdict:
+    method: str
+    statistic: str
+    value: float | None
+    p_value: float | None
+    verdict: str
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class VerifyReport:
+    victim: str
+    suspect: dict
+    config: dict
+    rows: list[Verdict]
+    overall: str
+    overall_rule: str
+    queries: dict
+    seconds: float
+    arrays: dict = field(default_factory=dict, repr=False)  # for plots (log-likelihoods), not serialised
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("arrays")
+        return d
+
+    def row(self, method: str) -> Verdict | None:
+        return next((r for r in self.rows if r.method == method), None)
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def random_init_like(victim: Checkpoint, seed: int = 12345) -> Checkpoint:
+    """An untrained encoder of the victim's architecture (the MI floor)."""
+    cfg = victim.config.model_copy(update={"kind": "random", "head": None, "watermark": None})
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Checkpoint(cfg).eval()
+
+
+@torch.no_grad()
+def _predict(predictor: torch.nn.Module, reps: np.ndarray) -> np.ndarray:
+    predictor.eval()
+    return predictor(torch.from_numpy(np.ascontiguousarray(reps, dtype=np.float32))).argmax(1).numpy()
+
+
+def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None, victim_name: str = "victim",
+           progress: bool = False) -> VerifyReport:
+    cfg = cfg or VerifyConfig()
+    unknown = set(cfg.methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    t0 = time.perf_counter()
+    spec = DataSpec.model_validate(victim.config.data["spec"])
+    if cfg.di_public_split not in spec.splits or cfg.di_public_split in ("train",):
+        raise ValueError(f"di_public_split must be a split the victim was not trained on, got {cfg.di_public_split!r}")
+    n_private = max(cfg.di_fit, cfg.di_private, cfg.wm_n)
+    part_a, part_b = private_split_indices(spec, size=n_private, seed=cfg.seed)
+    train = load_split(spec, "train", progress=progress).images
+    public = load_split(spec, "public", progress=progress).images
+    if cfg.align_n > len(public):
+        raise ValueError(f"align_n={cfg.align_n} but the public split has {len(public)} images")
+    rows: list[Verdict] = []
+    arrays: dict = {}
+    need: dict[str, int] = {}
+    wm_spec = victim.config.watermark
+    want = set(cfg.methods)
+    has_wm = victim.watermark is not None and wm_spec is not None
+    venc = lambda x: extract_features(victim.encoder, x)  # noqa: E731 - the victim is local
+
+    # public queries: alignment + similarity
+    align = None
+    if want & {"watermark_aligned", "similarity"}:
+        pub = public[: cfg.align_n]
+        s_pub = suspect.embed(pub, "public queries")
+        v_pub = venc(pub)
+        need["public (alignment, similarity)"] = len(pub)
+        if "watermark_aligned" in want:
+            align = fit_alignment(s_pub, v_pub, ridge=cfg.align_ridge, seed=cfg.seed)
+        if "similarity" in want:
+            r_pub = extract_features(random_init_like(victim, cfg.seed + 12345).encoder, pub)
+            sim = similarity(v_pub, s_pub, r_pub, mi_dims=cfg.mi_dims)
+            rows.append(Verdict("similarity", "MI normalised", _finite(sim.mi_normalised), None, "n/a", sim.as_dict()))
+
+    # watermark, raw and aligned
+    if want & {"watermark", "watermark_aligned"}:
+        if not has_wm:
+            for m in ("watermark", "watermark_aligned"):
+                if m in want:
+                    rows.append(Verdict(m, "accuracy", None, None, "n/a", {"reason": "the victim checkpoint has no watermark predictor"}))
+        else:
+            imgs, labels = rotated_copies(train[part_b[: cfg.wm_n]], wm_spec)
+            s_rot = suspect.embed(imgs, "rotated private queries")
+            need["rotated private (watermark)"] = len(imgs)
+            variants = []
+            if "watermark" in want:
+                if s_rot.shape[1] == victim.config.representation_dim:
+                    variants.append(("watermark", s_rot, {}))
+                else:
+                    rows.append(Verdict("watermark", "accuracy", None, None, "n/a",
+                                        {"reason": f"suspect answers are {s_rot.shape[1]}-d, the victim's predictor reads "
+                                                   f"{victim.config.representation_dim}-d; see watermark_aligned"}))
+            if "watermark_aligned" in want and align is not None:
+                variants.append(("watermark_aligned", align.apply(s_rot), {"alignment": align.summary()}))
+            for name, reps, extra in variants:
+                correct = _predict(victim.watermark, reps) == labels
+                res = watermark_test(correct)
+                verdict = "stolen" if (res.p_ttest < cfg.alpha and res.accuracy > 0.5) else "independent"
+                rows.append(Verdict(name, "accuracy", res.accuracy, _finite(res.p_ttest), verdict,
+                                    {**res.as_dict(), "t_statistic": _finite(res.t_statistic), **extra}))
+                arrays[f"{name}_accuracy"] = res.accuracy
+                arrays[f"{name}_n"] = res.n
+
+    # dataset inference
+    if "dataset_inference" in want:
+        pub_split = load_split(spec, cfg.di_public_split, progress=progress).images
+        if cfg.di_public > len(pub_split):
+            raise ValueError(f"di_public={cfg.di_public} but the {cfg.di_public_split} split has {len(pub_split)} images")
+        ra = suspect.embed(train[part_a[: cfg.di_fit]], "private part A")
+        rb = suspect.embed(train[part_b[: cfg.di_private]], "private part B")
+        rp = suspect.embed(pub_split[: cfg.di_public], "public data")
+        need["private A + B, public (dataset inference)"] = cfg.di_fit + cfg.di_private + cfg.di_public
+        di = dataset_inference(ra, rb, rp, components=cfg.di_components, alpha=cfg.alpha, seed=cfg.seed)
+        rows.append(Verdict("dataset_inference", "t (Welch)", _finite(di.t_statistic), _finite(di.p_value), di.verdict, di.as_dict()))
+        arrays["ll_private"], arrays["ll_public"] = di.ll_private, di.ll_public
+
+    decisive = [r for r in rows if r.method in ("watermark", "watermark_aligned", "dataset_inference") and r.p_value is not None]
+    k = max(1, len(decisive))
+    overall = "stolen" if any(r.p_value < cfg.alpha / k for r in decisive) else "independent"
+    rule = (f"stolen when any of {[r.method for r in decisive]} has p < alpha/{k} = {cfg.alpha / k:.2g} "
+            f"(Bonferroni over the decisive checks); similarity is reported, not decided on")
+    queries = {"needed": need, "needed_total": int(sum(need.values())), "sent": suspect.queries, "requests": suspect.requests}
+    return VerifyReport(victim=victim_name, suspect=suspect.describe(), config=cfg.model_dump(), rows=rows, overall=overall,
+                        overall_rule=rule, queries=queries, seconds=round(time.perf_counter() - t0, 2), arrays=arrays)

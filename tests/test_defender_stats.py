@@ -1,0 +1,131 @@
+"""Pure statistics of the defender: alignment, dataset inference, entropy/MI, watermark test."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from defender.stats import dataset_inference, fit_alignment, knn_entropy, mutual_information, similarity, whiten
+from defender.watermark import watermark_test
+from shared.transforms import make_transform
+
+
+def test_alignment_undoes_permutation_affine_and_padding():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(600, 24)).astype(np.float32)
+    for kind, pad in (("permute", 0), ("affine", 0), ("pad_shuffle", 8)):
+        t = make_transform(kind, 24, np.random.default_rng(1), pad=pad)
+        s = t.apply(v, [str(i) for i in range(len(v))] if pad else None)
+        al = fit_alignment(s[:500], v[:500])
+        err = np.abs(al.apply(s[500:]) - v[500:]).max()
+        assert err < 0.05, (kind, err)
+        assert al.r2_holdout > 0.99
+    # unrelated answers are not "aligned": held-out R^2 near zero
+    al = fit_alignment(rng.normal(size=(500, 24)), v[:500])
+    assert al.r2_holdout < 0.1
+
+
+def test_alignment_rejects_unpaired_answers():
+    with pytest.raises(ValueError, match="same inputs"):
+        fit_alignment(np.zeros((10, 4)), np.zeros((11, 4)))
+    with pytest.raises(ValueError, match="NaN"):
+        fit_alignment(np.full((10, 4), np.nan), np.zeros((10, 4)))
+
+
+def _clusters(rng, n, centres, spread):
+    k = rng.integers(0, len(centres), n)
+    return centres[k] + rng.normal(scale=spread, size=(n, centres.shape[1]))
+
+
+def test_dataset_inference_flags_members_and_not_exchangeable_data():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 16))
+    # "members": tight around the centres; public data of the same centres but looser
+    a, b = _clusters(rng, 400, centres, 0.2), _clusters(rng, 300, centres, 0.2)
+    pub = _clusters(rng, 300, centres, 0.35)
+    r = dataset_inference(a, b, pub, components=5)
+    assert r.verdict == "stolen" and r.p_value < 1e-6 and r.effect > 0.5
+    # the same test with exchangeable B and public data
+    pub2 = _clusters(rng, 300, centres, 0.2)
+    r2 = dataset_inference(a, b, pub2, components=5)
+    assert r2.verdict == "independent" and r2.p_value > 0.01
+
+
+def test_dataset_inference_false_positive_rate_is_about_alpha():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 8))
+    ps = []
+    for _ in range(60):
+        a, b, p = (_clusters(rng, n, centres, 0.3) for n in (150, 100, 100))
+        ps.append(dataset_inference(a, b, p, components=3, seed=0).p_value)
+    ps = np.array(ps)
+    assert (ps < 0.05).mean() <= 0.15  # nominal 5%; 60 draws
+    assert 0.3 < np.median(ps) < 0.7   # roughly uniform under the null
+
+
+def test_dataset_inference_invariant_to_permutation():
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(4, 12))
+    a, b, p = _clusters(rng, 300, centres, 0.2), _clusters(rng, 200, centres, 0.2), _clusters(rng, 200, centres, 0.3)
+    perm = rng.permutation(12)
+    r1, r2 = dataset_inference(a, b, p, components=4), dataset_inference(a[:, perm], b[:, perm], p[:, perm], components=4)
+    assert r1.t_statistic == pytest.approx(r2.t_statistic, rel=1e-3, abs=1e-3)
+
+
+def test_dataset_inference_refuses_bad_input():
+    a = np.ones((50, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        dataset_inference(a, np.full((10, 4), np.nan), a)
+    with pytest.raises(ValueError, match="dimensions differ"):
+        dataset_inference(a, np.ones((10, 5)), a)
+
+
+def test_knn_entropy_matches_gaussian_entropy():
+    rng = np.random.default_rng(0)
+    for d, sigma in ((1, 1.0), (4, 2.0)):
+        x = rng.normal(scale=sigma, size=(2000, d))
+        exact = 0.5 * d * math.log(2 * math.pi * math.e * sigma**2)
+        assert knn_entropy(x) == pytest.approx(exact, abs=0.1 * d)
+
+
+def test_mutual_information_of_correlated_gaussians():
+    rng = np.random.default_rng(0)
+    rho = 0.9
+    x = rng.normal(size=(2000, 1))
+    y = rho * x + math.sqrt(1 - rho**2) * rng.normal(size=(2000, 1))
+    exact = -0.5 * math.log(1 - rho**2)
+    assert mutual_information(x, y) == pytest.approx(exact, abs=0.15)
+    assert abs(mutual_information(x, rng.normal(size=(2000, 1)))) < 0.1
+
+
+def test_similarity_ordering_and_obfuscation():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(500, 16)) @ rng.normal(size=(16, 32))
+    noisy = v + 0.3 * rng.normal(size=v.shape) * v.std()
+    rand = rng.normal(size=(500, 32))
+    s_self = similarity(v, v, rand, mi_dims=8)
+    s_copy = similarity(v, noisy, rand, mi_dims=8)
+    s_ind = similarity(v, rng.normal(size=(500, 32)), rand, mi_dims=8)
+    assert s_self.mi_normalised == pytest.approx(1.0)
+    assert 0.2 < s_copy.mi_normalised < 1.0
+    assert abs(s_ind.mi_normalised) < 0.1
+    assert s_copy.cosine > 0.9 and abs(s_ind.cosine) < 0.1
+    # affine obfuscation: raw cosine collapses, MI on whitened answers stays far above independent
+    # (truncated whitening is only approximately affine-invariant: the top components move)
+    t = make_transform("affine", 32, np.random.default_rng(3))
+    s_aff = similarity(v, t.apply(noisy), rand, mi_dims=8)
+    assert s_aff.cosine < 0.5
+    assert s_aff.mi_normalised > 0.5
+    assert whiten(v, 8).shape == (500, 8)
+
+
+def test_watermark_test_against_chance():
+    rng = np.random.default_rng(0)
+    r = watermark_test(rng.random(2000) < 0.6)
+    assert r.p_ttest < 1e-6 and r.p_binomial < 1e-6 and r.effect > 0.07
+    r = watermark_test(rng.random(2000) < 0.5)
+    assert r.p_binomial > 0.001
+    with pytest.raises(ValueError):
+        watermark_test(np.array([], dtype=bool))

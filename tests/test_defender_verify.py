@@ -1,0 +1,280 @@
+"""The defender on small real models: a victim that has used its private data, a copy distilled
+from it, an independent encoder, obfuscated suspects, broken suspects, and an HTTP suspect
+behind a real ``heist-server serve`` (real uvicorn, real Redis).
+
+Training a whole encoder takes minutes on a shared 2-core CPU, so the tiny models are built in
+seconds from a width-4 ResNet-18 whose last stage (layer4) alone is trained on cached layer3
+activations:
+
+- victim: a random-init encoder plus a rotation predictor trained on its representations of
+  rotated private images (the watermark);
+- stolen: the victim's trunk, layer4 re-initialised and distilled by MSE from the victim's answers
+  on the attacker's own images (never the private ones);
+- independent: another random init.
+
+None of these tiny models has memorised its private data, so dataset inference must say
+"independent" for all of them here (its detection power is tested on controlled data in
+test_defender_stats.py; on the real victim see docs/defender.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from defender.suspects import FunctionSuspect, HttpSuspect, LocalSuspect, SuspectError
+from defender.verify import VerifyConfig, verify
+from shared.augment import to_float
+from shared.checkpoint import Checkpoint, EncoderConfig, WatermarkSpec, save_checkpoint
+from shared.data.synthetic import DataSpec, SplitSpec, load_split, private_split_indices
+from shared.models import representation_dim
+from shared.transforms import make_transform
+from shared.watermark import rotated_copies
+
+SPEC = DataSpec(name="defender-test", splits={
+    "train": SplitSpec(domain="photo", size=240), "test": SplitSpec(domain="photo", size=250),
+    "attack": SplitSpec(domain="photo", size=250), "public": SplitSpec(domain="photo", size=250)})
+DISTIL_STEPS = 60
+PRIVATE = 120  # parts A and B: 120 each (the whole train split)
+CFG = VerifyConfig(wm_n=120, align_n=200, di_fit=PRIVATE, di_private=PRIVATE, di_public=200, di_components=4, mi_dims=8)
+
+
+def _trunk(ckpt: Checkpoint, images: np.ndarray) -> torch.Tensor:
+    enc, b = ckpt.encoder, ckpt.encoder.backbone
+    with torch.no_grad():
+        x = (to_float(torch.from_numpy(images)) - enc.mean) / enc.std
+        return b.layer3(b.layer2(b.layer1(b.relu(b.bn1(b.conv1(x))))))
+
+
+def _layer4(ckpt: Checkpoint, h: torch.Tensor) -> torch.Tensor:
+    return torch.flatten(ckpt.encoder.backbone.avgpool(ckpt.encoder.backbone.layer4(h)), 1)
+
+
+def _train_watermark(ckpt: Checkpoint, images: np.ndarray, steps: int = 300) -> float:
+    from shared.probe import extract_features
+
+    rot, labels = rotated_copies(images, ckpt.config.watermark)
+    feats, y = torch.from_numpy(extract_features(ckpt.encoder, rot)), torch.from_numpy(labels)
+    opt = torch.optim.Adam(ckpt.watermark.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = F.cross_entropy(ckpt.watermark(feats), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float((ckpt.watermark(feats).argmax(1) == y).float().mean())
+
+
+def _new(seed: int, watermark: bool) -> Checkpoint:
+    torch.manual_seed(seed)
+    cfg = EncoderConfig(kind="victim" if watermark else "independent", arch="resnet18", width=4,
+                        representation_dim=representation_dim("resnet18", 4), seed=seed,
+                        watermark=WatermarkSpec(hidden_dim=64) if watermark else None, data={"spec": SPEC.model_dump()})
+    return Checkpoint(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def zoo(data_root, tmp_path_factory):
+    torch.set_num_threads(2)
+    train = load_split(SPEC, "train", progress=False).images
+    attack = load_split(SPEC, "attack", progress=False).images
+    load_split(SPEC, "public", progress=False)  # rendered once for the checks
+    a, b = private_split_indices(SPEC, PRIVATE)
+    private = train[np.concatenate([a, b])]
+
+    victim = _new(0, watermark=True)
+    wm_train_acc = _train_watermark(victim, private)
+
+    stolen = copy.deepcopy(victim)
+    stolen.config = victim.config.model_copy(update={"kind": "stolen", "watermark": None})
+    stolen.watermark = None
+    torch.manual_seed(7)
+    for m in stolen.encoder.backbone.layer4.modules():
+        if hasattr(m, "reset_parameters") and m is not stolen.encoder.backbone.layer4:
+            m.reset_parameters()
+    h_att = _trunk(victim, attack)
+    target = _layer4(victim, h_att).detach()
+    opt = torch.optim.Adam(stolen.encoder.backbone.layer4.parameters(), lr=3e-3)
+    for _ in range(DISTIL_STEPS):
+        loss = F.mse_loss(_layer4(stolen, h_att), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    stolen.eval()
+
+    independent = _new(1, watermark=False)
+
+    root = tmp_path_factory.mktemp("defender-zoo")
+    paths = {name: save_checkpoint(ck, root / name) for name, ck in
+             (("victim", victim), ("stolen", stolen), ("independent", independent))}
+    return {"victim": victim, "stolen": stolen, "independent": independent, "paths": paths, "wm_train_acc": wm_train_acc}
+
+
+def test_victim_and_obfuscated_copies_are_flagged(zoo):
+    victim = zoo["victim"]
+    assert zoo["wm_train_acc"] > 0.8
+    rep = verify(victim, LocalSuspect(zoo["paths"]["victim"]), CFG)
+    assert rep.row("watermark").verdict == "stolen"
+    assert rep.row("similarity").value == pytest.approx(1.0, abs=1e-6)
+    assert rep.overall == "stolen"
+    for i, kind in enumerate(("permute", "affine", "pad_shuffle")):
+        t = make_transform(kind, victim.config.representation_dim, np.random.default_rng(10 + i), pad=8)
+        rep = verify(victim, LocalSuspect(zoo["paths"]["victim"], transform=t), CFG)
+        aligned = rep.row("watermark_aligned")
+        assert aligned.verdict == "stolen" and aligned.value > 0.75, (kind, aligned)
+        raw = rep.row("watermark")
+        if kind == "pad_shuffle":
+            assert raw.verdict == "n/a"  # 40-d answers: the raw predictor cannot even read them
+        else:
+            assert raw.value < aligned.value - 0.1, (kind, raw.value, aligned.value)  # obfuscation hurt the raw check
+        assert rep.overall == "stolen"
+
+
+def test_distilled_copy_is_flagged_independent_is_not(zoo):
+    victim = zoo["victim"]
+    rep = verify(victim, LocalSuspect(zoo["paths"]["stolen"]), CFG)
+    wm = rep.row("watermark_aligned")
+    assert wm.verdict == "stolen" and wm.value > 0.6, wm
+    assert rep.overall == "stolen"
+    assert rep.row("similarity").value > 0.5
+    # obfuscated copy: the aligned watermark still decides
+    t = make_transform("affine", victim.config.representation_dim, np.random.default_rng(3))
+    rep_o = verify(victim, LocalSuspect(zoo["paths"]["stolen"], transform=t), CFG)
+    assert rep_o.row("watermark_aligned").verdict == "stolen"
+
+    rep_i = verify(victim, LocalSuspect(zoo["paths"]["independent"]), CFG)
+    for m in ("watermark", "watermark_aligned", "dataset_inference"):
+        assert rep_i.row(m).verdict == "independent", rep_i.row(m)
+    assert abs(rep_i.row("watermark").value - 0.5) < 0.1
+    assert rep_i.row("dataset_inference").p_value > 0.01
+    assert rep_i.overall == "independent"
+    assert rep_i.row("similarity").value < rep.row("similarity").value
+    t = make_transform("permute", victim.config.representation_dim, np.random.default_rng(4))
+    rep_ip = verify(victim, LocalSuspect(zoo["paths"]["independent"], transform=t), CFG)
+    assert rep_ip.overall == "independent"
+
+
+def test_query_count_and_cache(zoo):
+    s = LocalSuspect(zoo["paths"]["independent"])
+    rep = verify(zoo["victim"], s, CFG)
+    # public 200 + rotated 480 + A 120 + B 120 (0-degree rotations of B are already paid) + public DI 200
+    assert rep.queries["needed_total"] == 200 + 480 + 120 + 120 + 200
+    assert rep.queries["sent"] == s.queries == 200 + 480 + 120 + 200
+    imgs = load_split(SPEC, "public", progress=False).images[:5]
+    s.embed(np.concatenate([imgs, imgs]))
+    assert s.queries == rep.queries["sent"]  # already answered: not sent again
+
+
+def _bad(fn):
+    return FunctionSuspect("bad", fn)
+
+
+def test_bad_answers_raise_clear_errors_not_verdicts(zoo):
+    victim = zoo["victim"]
+    d = victim.config.representation_dim
+    good = LocalSuspect(victim)
+    cases = {
+        "wrong rows": (lambda x: np.zeros((len(x) - 1, d), np.float32), "asked for"),
+        "NaN": (lambda x: np.where(np.arange(d) == 3, np.nan, good._embed(x)).astype(np.float32), "NaN"),
+        "changing dim": (None, "answered 16-d representations after 32-d"),
+        "exception": (lambda x: (_ for _ in ()).throw(ConnectionError("link down")), "link down"),
+    }
+    calls = {"n": 0}
+
+    def changing(x):
+        calls["n"] += 1
+        return good._embed(x) if calls["n"] == 1 else np.zeros((len(x), 16), np.float32)
+
+    cases["changing dim"] = (changing, cases["changing dim"][1])
+    for _name, (fn, msg) in cases.items():
+        with pytest.raises(SuspectError, match=msg):
+            verify(victim, _bad(fn), CFG)
+    with pytest.raises(SuspectError, match="not a checkpoint folder"):
+        LocalSuspect("/nonexistent/suspect")
+
+
+def test_cli_verify_local_writes_reports(zoo, tmp_path):
+    out = tmp_path / "report"
+    r = subprocess.run([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
+                        "--suspect", str(zoo["paths"]["independent"]), "--out", str(out), "--quiet",
+                        "--wm-n", "60", "--align-n", "150", "--di-fit", "100", "--di-private", "100", "--di-public", "150",
+                        "--components", "4", "--mi-dims", "8"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "overall: INDEPENDENT" in r.stdout and "dataset_inference" in r.stdout
+    rep = json.loads((out / "verify.json").read_text())
+    assert {row["method"] for row in rep["rows"]} == {"similarity", "watermark", "watermark_aligned", "dataset_inference"}
+    assert (out / "verify.md").read_text().startswith("# Ownership verification")
+    assert (out / "loglik_hist.png").stat().st_size > 1000 and (out / "watermark.png").stat().st_size > 1000
+    # a suspect that cannot be opened: an error and no verdict
+    r = subprocess.run([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
+                        "--suspect", "http://127.0.0.1:9/", "--api-key", "heist_x", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and "no verdict" in r.stderr and "overall" not in r.stdout
+
+
+# ---- HTTP suspects: the victim's own API (the obvious "stolen" endpoint) on real uvicorn + Redis --------
+
+@pytest.fixture(scope="module")
+def http_suspect_server(zoo, redis_url, tmp_path_factory):
+    import secrets
+
+    from tests.conftest import SERVER_TEST_CONFIG, Victim, cleanup_prefix, free_port, server_env, wait_http
+
+    root = tmp_path_factory.mktemp("defender-http")
+    cf = root / "server.json"
+    cf.write_text(json.dumps({**SERVER_TEST_CONFIG, "max_images_per_request": 32, "max_batch": 64}))
+    port, prefix = free_port(), "heist-deftest-" + secrets.token_hex(4)
+    log = root / "server.log"
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(zoo["paths"]["stolen"]),
+                             "--config", str(cf), "--port", str(port)], env=server_env(redis_url, prefix),
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    from tests.conftest import ServerProc
+
+    sp = ServerProc(proc, port, log)
+    try:
+        wait_http(sp.url + "/healthz", proc=proc)
+    except Exception:
+        print(log.read_text()[-3000:])
+        sp.stop()
+        raise
+    v = Victim(sp, redis_url, prefix)
+    yield v
+    v.admin.close()
+    sp.stop()
+    cleanup_prefix(redis_url, prefix)
+
+
+@pytest.mark.slow
+def test_http_suspect_end_to_end(zoo, http_suspect_server):
+    _, key = http_suspect_server.new_account("unlimited")
+    with HttpSuspect(http_suspect_server.url, key, request_batch=32) as s:
+        rep = verify(zoo["victim"], s, CFG)
+        local = LocalSuspect(zoo["paths"]["stolen"])
+        imgs = load_split(SPEC, "public", progress=False).images[:20]
+        np.testing.assert_allclose(s.embed(imgs), local.embed(imgs), atol=1e-4)  # same model over the wire
+        assert s.client.stats.images == s.queries
+    assert rep.row("watermark_aligned").verdict == "stolen" and rep.overall == "stolen"
+    assert rep.queries["sent"] == 200 + 480 + 120 + 200
+    assert rep.suspect["kind"] == "http" and rep.suspect["model"]["representation_dim"] == 32
+
+
+@pytest.mark.slow
+def test_http_errors_are_clear(zoo, http_suspect_server):
+    url = http_suspect_server.url
+    with pytest.raises(SuspectError, match="401|403|invalid|key"):
+        with HttpSuspect(url, "heist_not-a-real-key") as s:
+            s.embed(load_split(SPEC, "public", progress=False).images[:4])
+    # tier "tiny": 3 requests a minute; the check needs more, and waiting a minute is not allowed
+    _, key = http_suspect_server.new_account("tiny")
+    with HttpSuspect(url, key, request_batch=8, max_wait_s=1, max_retries=2) as s:
+        with pytest.raises(SuspectError, match="gave up|429|rate"):
+            verify(zoo["victim"], s, CFG)
+        assert s.queries < CFG.align_n
+    with pytest.raises(SuspectError, match="cannot read /v1/models"):
+        HttpSuspect("http://127.0.0.1:9", "heist_x", max_retries=0, max_wait_s=0)
