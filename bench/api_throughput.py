@@ -32,6 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench._common import wait_ready  # noqa: E402
 from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint  # noqa: E402
 from shared.images import encode_image  # noqa: E402
 from shared.models import representation_dim  # noqa: E402
@@ -143,15 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError("server exited: " + (tmp / "server.log").read_text()[-2000:])
-            time.sleep(0.2)
+        wait_ready(url, proc, tmp / "server.log", timeout_s=60)
         key = httpx.post(url + "/v1/admin/accounts", json={"name": "bench", "tier": "unlimited"},
                          headers={"Authorization": f"Bearer {admin}"}).json()["api_key"]
         for conc in args.concurrency:

@@ -32,7 +32,7 @@ from attacker.cache import QueryCache
 from attacker.measure import plot_accuracy, probe_api, probe_local, ratios
 from attacker.queries import acquire, load_query_set
 from attacker.steal import StealConfig, train_stolen
-from bench._common import RESULTS, table, write_json
+from bench._common import RESULTS, table, wait_ready, write_json
 from shared.data.synthetic import MAIN_TASK, DataSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,15 +64,7 @@ def local_victim(checkpoint: str, tiers: dict | None = None, max_images: int = 6
                                  "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(600):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"victim server exited: {(Path(d) / 'server.log').read_text()[-2000:]}")
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+            wait_ready(url, proc, Path(d) / "server.log", timeout_s=300, path="/healthz")
             yield url, token
         finally:
             proc.terminate()

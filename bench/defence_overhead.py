@@ -30,7 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import table, write_json  # noqa: E402
+from bench._common import table, wait_ready, write_json  # noqa: E402
 from server.defences.profile import legit_streams  # noqa: E402
 from shared.data.synthetic import DataSpec, load_split  # noqa: E402
 from shared.images import encode_image  # noqa: E402
@@ -117,15 +117,7 @@ def main(argv=None) -> int:
     results: dict[str, list[float]] = {t: [] for t in conf["tiers"]}
     extra: dict[str, dict] = {}
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError((tmp / "server.log").read_text()[-2000:])
-            time.sleep(0.2)
+        wait_ready(url, proc, tmp / "server.log", timeout_s=120)
         asyncio.run(level(url, admin, "none", bodies, args.concurrency, 1.0))  # warm-up
         for r in range(args.rounds):
             order = list(conf["tiers"]) if r % 2 == 0 else list(reversed(conf["tiers"]))

@@ -24,13 +24,12 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from bench._common import RESULTS, table, write_json
+from bench._common import RESULTS, table, wait_ready, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs"
@@ -54,13 +53,7 @@ def steal_all(args: argparse.Namespace) -> None:
                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_ready(base, srv, RESULTS / "zoo-server.log", timeout_s=150, path="/healthz")
         r = httpx.post(base + "/v1/admin/accounts", json={"name": "zoo-attacker", "tier": "unlimited"},
                        headers={"Authorization": f"Bearer {admin}"})
         r.raise_for_status()
