@@ -18,7 +18,6 @@ views reuse the victim's answer for the clean image, so augmentation costs no qu
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -32,6 +31,7 @@ from shared.augment import AugmentSpec, simclr_view, to_float
 from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec
 from shared.losses import STEALING_LOSSES, barlow_twins, infonce, mse, simsiam, soft_nn, supcon, wasserstein
 from shared.models import ProjectionHead, representation_dim
+from shared.train.simclr import lr_at
 
 MODES = ("direct", "recreate-head", "access-head")
 AUG_LAMBDA = 9.0  # StolenEncoder's weight of the augmented views
@@ -116,12 +116,6 @@ def recreate_head(victim: np.ndarray, out_dim: int = 64, steps: int = 300, seed:
     return head.eval().requires_grad_(False)
 
 
-def lr_at(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 def train_stolen(images: np.ndarray, answers: np.ndarray, cfg: StealConfig, labels: np.ndarray | None = None,
                  extra_config: dict | None = None, progress: bool = True) -> tuple[Checkpoint, dict]:
     """Train f_a on (images, victim answers); returns the stolen checkpoint (kind="stolen") and a history."""
@@ -190,7 +184,7 @@ def train_stolen(images: np.ndarray, answers: np.ndarray, cfg: StealConfig, labe
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
             for grp in opt.param_groups:
-                grp["lr"] = lr_at(step, total, cfg.lr, warmup)
+                grp["lr"] = lr_at(step, total, warmup, cfg.lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
