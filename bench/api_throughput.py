@@ -104,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (server and baseline alike)")
-    p.add_argument("--gil-switch-ms", type=float, default=None, help="server's GIL switch interval (HEIST_GIL_SWITCH_MS)")
     p.add_argument("--redis", help="redis:// URL (default: the embedded store)")
     p.add_argument("--quick", action="store_true", help="width-8 model, 1.5 s per level: checks the script works")
     p.add_argument("--out", default=str(REPO / "results" / "api_throughput.json"))
@@ -138,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
                 "HEIST_STORE_PREFIX": "bench-" + secrets.token_hex(3), "HEIST_LOG_LEVEL": "warning"})
     if args.redis:
         env["REDIS_URL"] = args.redis
-    if args.gil_switch_ms is not None:
-        env["HEIST_GIL_SWITCH_MS"] = str(args.gil_switch_ms)
     (tmp / "server.json").write_text(json.dumps({"max_images_per_request": max(64, n_img)}))
     cmd = [sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(ck_dir), "--port", str(port), "--config", str(tmp / "server.json"),
            "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu"]
@@ -170,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(["bench/api_throughput.py", *(argv or sys.argv[1:])]),
                                "model": {"arch": ck.config.arch, "width": ck.config.width, "checkpoint": str(ck_dir)},
-                               "images_per_request": n_img, "seconds_per_level": args.seconds, "torch_threads": threads, "gil_switch_ms": args.gil_switch_ms,
+                               "images_per_request": n_img, "seconds_per_level": args.seconds, "torch_threads": threads,
                                "cpus": os.cpu_count(), "store": "redis" if args.redis else "embedded",
                                "cuda": torch.cuda.is_available(), "rows": rows}, indent=2))
     print(f"wrote {out}")

@@ -13,7 +13,6 @@ import asyncio
 import hmac
 import logging
 import re
-import sys
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -183,8 +182,6 @@ class ServerState:
             self.model = load_checkpoint(self.config.checkpoint, device)
         else:
             self.model = self.model.to(device).eval()
-        if self.config.gil_switch_interval_ms is not None:
-            sys.setswitchinterval(self.config.gil_switch_interval_ms / 1000)
         if self.config.torch_threads:
             import torch
 

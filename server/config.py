@@ -78,10 +78,6 @@ class ServerConfig(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     torch_threads: int | None = Field(default=None, ge=1)
-    gil_switch_interval_ms: float | None = Field(
-        default=None, ge=0.05, le=100,
-        description="sys.setswitchinterval for the server process (Python's default is 5 ms); lower lets the "
-                    "inference thread get the GIL back sooner between tensor ops while HTTP work runs")
     # batching
     max_batch: int = Field(default=64, ge=1, le=4096)
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
@@ -151,7 +147,6 @@ ENV = {
     "HEIST_PORT": "port",
     "HEIST_DEVICE": "device",
     "HEIST_TORCH_THREADS": "torch_threads",
-    "HEIST_GIL_SWITCH_MS": "gil_switch_interval_ms",
     "HEIST_MAX_BATCH": "max_batch",
     "HEIST_MAX_WAIT_MS": "max_wait_ms",
     "HEIST_MAX_IMAGES_PER_REQUEST": "max_images_per_request",
