@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import wait_ready  # noqa: E402
+from server.batcher import frozen  # noqa: E402
 from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint  # noqa: E402
 from shared.images import encode_image  # noqa: E402
 from shared.models import representation_dim  # noqa: E402
@@ -74,19 +75,19 @@ async def _api_level(url: str, key: str, bodies: list[bytes], n_img: int, conc: 
     return {"images_per_s": done / elapsed, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "requests": len(lat), "errors": errors}
 
 
-def _inproc_level(ck: Checkpoint, images: np.ndarray, batch: int, seconds: float) -> dict:
+def _inproc_level(encoder: torch.nn.Module, images: np.ndarray, batch: int, seconds: float) -> dict:
     lat: list[float] = []
     done = 0
     i = 0
     with torch.inference_mode():
-        ck.encoder(torch.from_numpy(images[:batch]).permute(0, 3, 1, 2).float().div_(255))  # warm-up
+        encoder(torch.from_numpy(images[:batch]).permute(0, 3, 1, 2).float().div_(255))  # warm-up
         t_end = time.perf_counter() + seconds
         t_start = time.perf_counter()
         while time.perf_counter() < t_end:
             idx = np.arange(i, i + batch) % len(images)
             t0 = time.perf_counter()
             x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float().div_(255)
-            ck.encoder(x).numpy()
+            encoder(x).numpy()
             lat.append(time.perf_counter() - t0)
             done += batch
             i += batch
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (server and baseline alike)")
+    p.add_argument("--no-jit", action="store_true", help="eager PyTorch in the server (HEIST_JIT=0) and in the baseline")
     p.add_argument("--redis", help="redis:// URL (default: the embedded store)")
     p.add_argument("--quick", action="store_true", help="width-8 model, 1.5 s per level: checks the script works")
     p.add_argument("--out", default=str(REPO / "results" / "api_throughput.json"))
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                             head=HeadSpec(hidden_dim=64, out_dim=32))
         ck_dir = save_checkpoint(Checkpoint(cfg), tmp / f"random-resnet18-w{args.width}")
     ck = load_checkpoint(ck_dir).eval()
+    # the baseline runs exactly what the server runs: the frozen TorchScript encoder unless --no-jit
+    size = ck.config.input_size
+    encoder = ck.encoder if args.no_jit else frozen(ck.encoder, torch.zeros(2, 3, size, size))
     size = ck.config.input_size
     rng = np.random.default_rng(0)
     n_img = args.images_per_request
@@ -137,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 "HEIST_STORE_PREFIX": "bench-" + secrets.token_hex(3), "HEIST_LOG_LEVEL": "warning"})
     if args.redis:
         env["REDIS_URL"] = args.redis
+    env["HEIST_JIT"] = "0" if args.no_jit else "1"
     (tmp / "server.json").write_text(json.dumps({"max_images_per_request": max(64, n_img)}))
     cmd = [sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(ck_dir), "--port", str(port), "--config", str(tmp / "server.json"),
            "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu"]
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         for conc in args.concurrency:
             api = asyncio.run(_api_level(url, key, bodies, n_img, conc, args.seconds))
             batch = min(args.max_batch, conc * n_img)
-            ref = _inproc_level(ck, images, batch, args.seconds)
+            ref = _inproc_level(encoder, images, batch, args.seconds)
             rows.append({"concurrency": conc, "api": api, "in_process": ref, "ratio": api["images_per_s"] / ref["images_per_s"]})
     finally:
         proc.terminate()
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(["bench/api_throughput.py", *(argv or sys.argv[1:])]),
                                "model": {"arch": ck.config.arch, "width": ck.config.width, "checkpoint": str(ck_dir)},
-                               "images_per_request": n_img, "seconds_per_level": args.seconds, "torch_threads": threads,
+                               "images_per_request": n_img, "seconds_per_level": args.seconds, "torch_threads": threads, "jit": not args.no_jit,
                                "cpus": os.cpu_count(), "store": "redis" if args.redis else "embedded",
                                "cuda": torch.cuda.is_available(), "rows": rows}, indent=2))
     print(f"wrote {out}")

@@ -187,7 +187,7 @@ class ServerState:
 
             torch.set_num_threads(self.config.torch_threads)
         self.batcher = Batcher(self.model, device, self.config.max_batch, self.config.max_wait_ms,
-                               self.config.max_queue_images, on_batch=self.metrics.on_batch)
+                               self.config.max_queue_images, on_batch=self.metrics.on_batch, jit=self.config.jit)
         self.batcher.start()
         if self.config.obfuscation is not None:
             c = self.model.config

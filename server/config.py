@@ -78,6 +78,8 @@ class ServerConfig(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     torch_threads: int | None = Field(default=None, ge=1)
+    jit: bool = Field(default=True, description="on CPU, serve a TorchScript-traced, frozen copy of the encoder and head "
+                                                "(same weights, outputs equal to ~1e-6); false = eager PyTorch")
     # batching
     max_batch: int = Field(default=64, ge=1, le=4096)
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
@@ -147,6 +149,7 @@ ENV = {
     "HEIST_PORT": "port",
     "HEIST_DEVICE": "device",
     "HEIST_TORCH_THREADS": "torch_threads",
+    "HEIST_JIT": "jit",
     "HEIST_MAX_BATCH": "max_batch",
     "HEIST_MAX_WAIT_MS": "max_wait_ms",
     "HEIST_MAX_IMAGES_PER_REQUEST": "max_images_per_request",

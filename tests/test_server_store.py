@@ -157,3 +157,18 @@ def test_batcher_batches_distinct_requests(tiny_checkpoint):
         if projs is not None:
             np.testing.assert_allclose(projs, ref_p, rtol=1e-4, atol=1e-5)
     assert max(sizes) > 4 and sum(sizes) == sum(len(j) for j in jobs) and b.queued_images == 0
+
+
+def test_frozen_batcher_matches_eager_model(tiny_checkpoint):
+    """The served (TorchScript-frozen) encoder and head give the eager checkpoint's answers."""
+    from server.batcher import Batcher
+    from shared.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoint)
+    jit = Batcher(ck, torch.device("cpu"), max_batch=16, jit=True)
+    eager = Batcher(ck, torch.device("cpu"), max_batch=16, jit=False)
+    assert isinstance(jit.encoder, torch.jit.ScriptModule) and not isinstance(eager.encoder, torch.jit.ScriptModule)
+    imgs = np.random.default_rng(3).integers(0, 256, (21, 32, 32, 3), dtype=np.uint8)  # not a multiple of the trace batch
+    (r1, p1), (r2, p2) = jit.run_sync(imgs, projections=True), eager.run_sync(imgs, projections=True)
+    np.testing.assert_allclose(r1, r2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p1, p2, rtol=1e-4, atol=1e-5)
