@@ -13,7 +13,7 @@ def _cmd_watermark(args: argparse.Namespace) -> int:
     from shared.checkpoint import load_checkpoint
     from shared.data.synthetic import DataSpec, load_split, private_split_indices
     from shared.probe import extract_features
-    from shared.watermark import rotated_copies
+    from shared.watermark import predict, rotated_copies
 
     victim = load_checkpoint(args.victim)
     if victim.watermark is None or victim.config.watermark is None:
@@ -28,12 +28,7 @@ def _cmd_watermark(args: argparse.Namespace) -> int:
     _, part_b = private_split_indices(spec, size=args.n)
     private = load_split(spec, "train").images[part_b]
     rot, labels = rotated_copies(private, victim.config.watermark)
-    feats = extract_features(suspect.encoder, rot)
-    import torch
-
-    with torch.no_grad():
-        pred = victim.watermark(torch.from_numpy(feats)).argmax(1).numpy()
-    res = watermark_test(pred == labels)
+    res = watermark_test(predict(victim.watermark, extract_features(suspect.encoder, rot)) == labels)
     verdict = "stolen" if res.p_binomial < args.alpha else "not shown"
     row = {"method": "watermark", "suspect": str(Path(args.suspect)), **res.as_dict(), "verdict": verdict}
     if args.json:

@@ -15,7 +15,6 @@ images actually sent to the suspect and ``requests`` the calls made.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,15 +22,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from shared.images import image_digests
 from shared.transforms import OutputTransform
 
 
 class SuspectError(RuntimeError):
     """The suspect could not be queried or gave an unusable answer; the message says which and why."""
-
-
-def image_digests(images: np.ndarray) -> list[str]:
-    return [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
 
 
 class Suspect:

@@ -18,8 +18,6 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from defender.stats import dataset_inference, fit_alignment, similarity
@@ -28,7 +26,8 @@ from defender.watermark import watermark_test
 from shared.checkpoint import Checkpoint
 from shared.data.synthetic import DataSpec, load_split, private_split_indices
 from shared.probe import extract_features
-from shared.watermark import rotated_copies
+from shared.train.evaluate import random_init_like
+from shared.watermark import predict, rotated_copies
 
 METHODS = ("watermark", "watermark_aligned", "dataset_inference", "similarity")
 
@@ -84,20 +83,6 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def random_init_like(victim: Checkpoint, seed: int = 12345) -> Checkpoint:
-    """An untrained encoder of the victim's architecture (the MI floor)."""
-    cfg = victim.config.model_copy(update={"kind": "random", "head": None, "watermark": None})
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return Checkpoint(cfg).eval()
-
-
-@torch.no_grad()
-def _predict(predictor: torch.nn.Module, reps: np.ndarray) -> np.ndarray:
-    predictor.eval()
-    return predictor(torch.from_numpy(np.ascontiguousarray(reps, dtype=np.float32))).argmax(1).numpy()
-
-
 def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None, victim_name: str = "victim",
            progress: bool = False) -> VerifyReport:
     cfg = cfg or VerifyConfig()
@@ -132,7 +117,7 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
         if "watermark_aligned" in want:
             align = fit_alignment(s_pub, v_pub, ridge=cfg.align_ridge, seed=cfg.seed)
         if "similarity" in want:
-            r_pub = extract_features(random_init_like(victim, cfg.seed + 12345).encoder, pub)
+            r_pub = extract_features(random_init_like(victim.config, cfg.seed + 12345).encoder, pub)
             sim = similarity(v_pub, s_pub, r_pub, mi_dims=cfg.mi_dims)
             rows.append(Verdict("similarity", "MI normalised", _finite(sim.mi_normalised), None, "n/a", sim.as_dict()))
 
@@ -157,7 +142,7 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
             if "watermark_aligned" in want and align is not None:
                 variants.append(("watermark_aligned", align.apply(s_rot), {"alignment": align.summary()}))
             for name, reps, extra in variants:
-                correct = _predict(victim.watermark, reps) == labels
+                correct = predict(victim.watermark, reps) == labels
                 res = watermark_test(correct)
                 verdict = "stolen" if (res.p_ttest < cfg.alpha and res.accuracy > 0.5) else "independent"
                 rows.append(Verdict(name, "accuracy", res.accuracy, _finite(res.p_ttest), verdict,

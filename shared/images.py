@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import re
 import warnings
@@ -135,3 +136,9 @@ def preprocess(inputs: list[str], size: int, limits: ImageLimits) -> np.ndarray:
     for i, s in enumerate(inputs):
         out[i] = resize_center_crop(decode_image(s, i, limits), size)
     return out
+
+
+def image_digests(images: np.ndarray) -> list[str]:
+    """SHA-256 hex of each image's pixels (N, H, W, C uint8): how the server keys its randomness and
+    obfuscation padding per input, and how a defender reproduces that keying locally."""
+    return [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]

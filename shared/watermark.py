@@ -21,7 +21,12 @@ def rotated_copies(images: np.ndarray, spec: WatermarkSpec) -> tuple[np.ndarray,
 
 
 @torch.no_grad()
-def predictor_accuracy(predictor: nn.Module, features: np.ndarray, labels: np.ndarray) -> float:
+def predict(predictor: nn.Module, features: np.ndarray) -> np.ndarray:
+    """The predictor's rotation label (0: [0, 180), 1: [180, 360)) for each representation."""
     predictor.eval()
-    logits = predictor(torch.from_numpy(features).to(next(predictor.parameters()).device))
-    return float((logits.argmax(1).cpu().numpy() == labels).mean())
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(next(predictor.parameters()).device)
+    return predictor(x).argmax(1).cpu().numpy()
+
+
+def predictor_accuracy(predictor: nn.Module, features: np.ndarray, labels: np.ndarray) -> float:
+    return float((predict(predictor, features) == labels).mean())

@@ -7,16 +7,12 @@ the draw: asking twice, or averaging many asks, gains nothing.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
+from shared.images import image_digests
 from shared.transforms import keyed_rng
 
-
-def image_digests(images: np.ndarray) -> list[str]:
-    """SHA-256 hex of each preprocessed image (N, H, W, C uint8)."""
-    return [hashlib.sha256(np.ascontiguousarray(im).tobytes()).hexdigest() for im in images]
+__all__ = ["image_digests", "keyed_normal"]
 
 
 def keyed_normal(secret: bytes, purpose: str, account: str, digests: list[str], dim: int,

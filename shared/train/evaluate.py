@@ -47,9 +47,11 @@ def watermark_report(ckpt: Checkpoint, spec: DataSpec, device: torch.device, n: 
 
 
 def random_init_like(config: EncoderConfig, seed: int = 12345) -> Checkpoint:
-    torch.manual_seed(seed)
-    rnd = Checkpoint(config.model_copy(update={"kind": "random", "head": None, "watermark": None}))
-    return rnd.eval()
+    """An untrained encoder of the same architecture (the probes' baseline, the MI floor), seeded
+    without touching the caller's global RNG."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Checkpoint(config.model_copy(update={"kind": "random", "head": None, "watermark": None})).eval()
 
 
 def full_report(ckpt: Checkpoint, spec: DataSpec, device: torch.device, probe_cap: int | None = None,
