@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from testbed.services import wait_ready  # noqa: F401  (re-exported for the benches)
+
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
@@ -36,24 +38,3 @@ def table(rows: list[dict], columns: list[str]) -> str:
     head = " | ".join(c.ljust(w[i]) for i, c in enumerate(columns))
     sep = "-|-".join("-" * x for x in w)
     return "\n".join([head, sep, *(" | ".join(v.ljust(w[i]) for i, v in enumerate(row)) for row in cells)])
-
-
-def wait_ready(url: str, proc=None, log_path: Path | None = None, timeout_s: float = 120.0, path: str = "/readyz") -> None:
-    """Poll ``url + path`` until it answers 200; raise with the server log's tail if the process exits
-    or the time runs out."""
-    import time
-
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log_path.read_text()[-2000:] if log_path and log_path.exists() else ""
-            raise RuntimeError(f"server exited with {proc.returncode}: {tail}")
-        try:
-            if httpx.get(url + path, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url}{path} not ready after {timeout_s:.0f} s")

@@ -30,7 +30,8 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves annotatio
 from attacker.cache import QueryCache
 from attacker.queries import acquire, load_query_set
 from bench._common import RESULTS, table, write_json
-from bench.attack_table import local_victim, new_key
+from bench.attack_table import local_victim
+from testbed.services import new_key
 
 
 class FreshNoiseApp:

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
@@ -32,51 +29,20 @@ from attacker.cache import QueryCache
 from attacker.measure import plot_accuracy, probe_api, probe_local, ratios
 from attacker.queries import acquire, load_query_set
 from attacker.steal import StealConfig, train_stolen
-from bench._common import RESULTS, table, wait_ready, write_json
+from bench._common import RESULTS, table, write_json
+from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.data.synthetic import MAIN_TASK, DataSpec
+from testbed.services import new_key, serve
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def local_victim(checkpoint: str, tiers: dict | None = None, max_images: int = 64):
-    """A real heist-server subprocess on loopback; yields (url, admin token)."""
-    import json
-    import tempfile
-
-    port, token = free_port(), "bench-admin-" + secrets.token_urlsafe(12)
+    """A real heist-server subprocess on loopback (embedded store); yields (url, admin token)."""
     cfg = {"max_images_per_request": max_images, "tiers": tiers or {"unlimited": {"outputs": ["representation", "projection"]}}}
-    with tempfile.TemporaryDirectory() as d:
-        cf = Path(d) / "server.json"
-        cf.write_text(json.dumps(cfg))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}
-        env.update(HEIST_ADMIN_TOKEN=token, HEIST_SERVER_SECRET="bench-" + secrets.token_hex(8), HEIST_TORCH_THREADS="1")
-        log = open(Path(d) / "server.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", checkpoint, "--config", str(cf),
-                                 "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_ready(url, proc, Path(d) / "server.log", timeout_s=300, path="/healthz")
-            yield url, token
-        finally:
-            proc.terminate()
-            proc.wait(20)
-            log.close()
-
-
-def new_key(url: str, admin: str, tier: str, name: str) -> str:
-    r = httpx.post(url + "/v1/admin/accounts", json={"name": name, "tier": tier},
-                   headers={"Authorization": f"Bearer {admin}"}, timeout=30)
-    r.raise_for_status()
-    return r.json()["api_key"]
+    with serve(checkpoint, cfg) as srv:
+        yield srv.url, srv.admin_token
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-train-size", type=int, default=5000)
     p.add_argument("--cache", default="results/attack_cache")
     p.add_argument("--out", default="attack_table", help="results/<out>.json|.md")
+    p.add_argument("--min-steps", type=int, default=0,
+                   help="small budgets train for more epochs so every copy gets at least this many optimiser steps")
+    p.add_argument("--aug-reuse", type=int, default=0, help="StolenEncoder: K augmented views reuse each answer")
+    p.add_argument("--save-dir", help="save every stolen checkpoint as SAVE_DIR/stolen-<loss>-<queries> (the defender's zoo)")
     p.add_argument("--quick", action="store_true", help="mse+infonce, budgets 500,1000, width 8, 2 epochs, probe 2000")
     a = p.parse_args(argv)
     if a.quick:
@@ -101,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         a.out = a.out + "_quick" if a.out == "attack_table" else a.out
     losses, budgets = a.losses.split(","), sorted(int(b) for b in a.budgets.split(","))
     spec = DataSpec()
+    vcfg = load_checkpoint(a.checkpoint).config
+    private = vcfg.data.get("train_size") or spec.splits[vcfg.data.get("train_split", "train")].size
 
     def run(url: str, thief: str, customer: str) -> dict:
         cache = QueryCache(a.cache)
@@ -114,12 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for n in budgets:
             for loss in losses:
-                cfg = StealConfig(loss=loss, width=a.width, epochs=a.epochs, batch_size=min(a.batch_size, n), lr=a.lr)
+                bs = min(a.batch_size, n)
+                epochs = max(a.epochs, -(-a.min_steps // (n // bs)))
+                cfg = StealConfig(loss=loss, width=a.width, epochs=epochs, batch_size=bs, lr=a.lr, aug_reuse=a.aug_reuse)
                 t = time.perf_counter()
-                ck, hist = train_stolen(qs.images[:n], got.answers[:n], cfg, qs.labels[:n])
+                ck, hist = train_stolen(qs.images[:n], got.answers[:n], cfg, qs.labels[:n],
+                                        extra_config={"queries": n, "query_set": "attack", "bench": "attack_table"})
+                if a.save_dir:
+                    save_checkpoint(ck, Path(a.save_dir) / f"stolen-{loss}-{n}")
                 s = probe_local(ck.encoder, spec, a.probe_train_size, progress=False)
                 r = ratios(s, victim)
-                row = {"loss": loss, "queries": n, **s, "ratio": r[f"probe_{MAIN_TASK}"],
+                row = {"loss": loss, "queries": n, "queries_per_private": round(n / private, 3), "epochs": epochs,
+                       **s, "ratio": r[f"probe_{MAIN_TASK}"],
                        "train_s": round(hist["train_seconds"], 1), "total_s": round(time.perf_counter() - t, 1)}
                 rows.append(row)
                 print(f"{loss:12s} {n:6d} queries: shape {100 * s['probe_shape']:.1f}% ratio {row['ratio']:.3f} "
@@ -137,18 +115,19 @@ def main(argv: list[str] | None = None) -> int:
             tag = secrets.token_hex(3)
             res = run(url, new_key(url, admin, "unlimited", f"thief-{tag}"), new_key(url, admin, "unlimited", f"customer-{tag}"))
     victim = res["victim_api"]
-    cols = ["loss", "queries", "probe_shape", "probe_pattern", "probe_shape_shifted", "ratio", "train_s"]
+    cols = ["loss", "queries", "queries_per_private", "epochs", "probe_shape", "probe_pattern", "probe_shape_shifted", "ratio", "train_s"]
     fmt = [{**r, **{k: f"{100 * r[k]:.1f}%" for k in ("probe_shape", "probe_pattern", "probe_shape_shifted")},
             "ratio": f"{r['ratio']:.3f}"} for r in res["rows"]]
     txt = table(fmt, cols)
     head = (f"victim via API: shape {100 * victim['probe_shape']:.1f}%, pattern {100 * victim['probe_pattern']:.1f}%, "
-            f"shape (shifted) {100 * victim['probe_shape_shifted']:.1f}%; stolen {a.width=} {a.epochs=}; ratio = stolen/victim on shape")
+            f"shape (shifted) {100 * victim['probe_shape_shifted']:.1f}%; victim's private set {private} images; "
+            f"stolen width {a.width}, aug reuse {a.aug_reuse}, at least {a.min_steps} steps; ratio = stolen/victim on shape")
     cmd = "python -m bench.attack_table " + " ".join(sys.argv[1:] if argv is None else argv)
     print(head)
     print(txt)
     best = max(res["rows"], key=lambda r: r["ratio"])
     print(f"best: {best['loss']} at {best['queries']} queries, ratio {best['ratio']:.3f}")
-    write_json(a.out, {"command": cmd, "config": vars(a), **res, "best": best})
+    write_json(a.out, {"command": cmd, "config": vars(a), "victim_private_images": private, **res, "best": best})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{a.out}.md").write_text(f"# Stealing table\n\n{head}\n\nCommand: `{cmd}`\n\n```\n{txt}\n```\n")
     plot_accuracy(res["rows"], RESULTS / f"{a.out.replace('table', 'accuracy_vs_queries')}.png", victim["probe_shape"])

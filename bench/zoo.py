@@ -8,8 +8,10 @@ Suspects (whatever exists under runs/ is used; what is missing is listed, never 
   Redis prefix, creates an ``unlimited`` account, and runs for every loss and budget
   ``heist-attack steal --url URL --api-key KEY --queries N --loss L --query-set attack --arch resnet18
   --width 16 --epochs E --out runs/stolen-L-N --cache runs/steal-cache``;
-- independent encoders: ``runs/independent-seed1`` (other seed, same private data!),
-  ``runs/independent-shifted`` (other domain), and any ``runs/independent-*``;
+- independent encoders (their own data, never the victim's private set): ``runs/independent-dataseed1``
+  (same distribution, other images: ``heist-server train --kind independent --no-watermark --seed 1
+  --data-seed 1``), ``runs/independent-shifted`` (other domain: ``--domain shifted``), and any
+  ``runs/independent-*``;
 - obfuscated variants (``--obfuscate permute affine pad_shuffle``) of the victim, of every stolen
   copy and of the independent encoders: output transforms from shared/transforms.py, keyed.
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from bench._common import RESULTS, table, wait_ready, write_json
+from bench._common import RESULTS, table, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs"
@@ -41,37 +42,22 @@ def _p(x: float | None) -> str:
 
 def steal_all(args: argparse.Namespace) -> None:
     """Start the victim API and run ``heist-attack steal`` for each loss and budget (skips existing copies)."""
-    import httpx
+    from testbed.services import serve
 
-    url_redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    port = args.port
-    admin = "zoo-admin-" + secrets.token_urlsafe(12)
-    env = {**os.environ, "HEIST_ADMIN_TOKEN": admin, "HEIST_SERVER_SECRET": "zoo-" + secrets.token_hex(8),
-           "HEIST_STORE_PREFIX": "heist-zoo", "REDIS_URL": url_redis}
-    log = open(RESULTS / "zoo-server.log", "w")
-    srv = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(args.victim), "--port", str(port)],
-                           cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, srv, RESULTS / "zoo-server.log", timeout_s=150, path="/healthz")
-        r = httpx.post(base + "/v1/admin/accounts", json={"name": "zoo-attacker", "tier": "unlimited"},
-                       headers={"Authorization": f"Bearer {admin}"})
-        r.raise_for_status()
-        key = r.json()["api_key"]
+    with serve(args.victim, {"tiers": {"unlimited": {"outputs": ["representation", "projection"]}}},
+               log_path=RESULTS / "zoo-server.log") as srv:
+        key = srv.new_account("zoo-attacker", "unlimited")
         for loss in args.losses:
             for n in args.budgets:
                 out = RUNS / f"stolen-{loss}-{n}"
                 if (out / "config.json").exists():
                     continue
-                cmd = ["heist-attack", "steal", "--url", base, "--api-key", key, "--queries", str(n), "--loss", loss,
+                cmd = ["heist-attack", "steal", "--url", srv.url, "--queries", str(n), "--loss", loss,
                        "--query-set", "attack", "--arch", "resnet18", "--width", "16", "--epochs", str(args.epochs),
                        "--out", str(out), "--cache", str(RUNS / "steal-cache"), "--no-eval"]
-                print("$", " ".join(c if c != key else "$KEY" for c in cmd), flush=True)
-                subprocess.run([sys.executable, "-m", "attacker.cli", *cmd[1:]], cwd=REPO, check=True)
-    finally:
-        srv.terminate()
-        srv.wait(30)
-        log.close()
+                print("$", " ".join(cmd), flush=True)
+                subprocess.run([sys.executable, "-m", "attacker.cli", *cmd[1:]], cwd=REPO, check=True,
+                               env={**os.environ, "HEIST_API_KEYS": key})
 
 
 def suspects(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
@@ -90,7 +76,7 @@ def suspects(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
             found.append({"name": p.name, "path": p, "truth": "independent", "group": "independent"})
         else:
             missing.append(f"{p.name} (no config.json yet: still training?)")
-    for want in ("independent-seed1", "independent-shifted"):
+    for want in ("independent-dataseed1", "independent-shifted"):
         if not (RUNS / want).exists():
             missing.append(f"{want} (heist-server train --kind independent --no-watermark ...)")
     out = list(found)

@@ -25,7 +25,7 @@ def _cmd_watermark(args: argparse.Namespace) -> int:
               "the alignment step (least squares on public queries) is needed for that", file=sys.stderr)
         return 2
     spec = DataSpec.model_validate(victim.config.data["spec"])
-    _, part_b = private_split_indices(spec, size=args.n)
+    _, part_b = private_split_indices(spec, size=args.n, pool=victim.config.data.get("train_size"))
     private = load_split(spec, "train").images[part_b]
     rot, labels = rotated_copies(private, victim.config.watermark)
     res = watermark_test(predict(victim.watermark, extract_features(suspect.encoder, rot)) == labels)

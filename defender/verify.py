@@ -94,7 +94,8 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
     if cfg.di_public_split not in spec.splits or cfg.di_public_split in ("train",):
         raise ValueError(f"di_public_split must be a split the victim was not trained on, got {cfg.di_public_split!r}")
     n_private = max(cfg.di_fit, cfg.di_private, cfg.wm_n)
-    part_a, part_b = private_split_indices(spec, size=n_private, seed=cfg.seed)
+    part_a, part_b = private_split_indices(spec, size=n_private, seed=cfg.seed,
+                                            pool=victim.config.data.get("train_size"))
     train = load_split(spec, "train", progress=progress).images
     public = load_split(spec, "public", progress=progress).images
     if cfg.align_n > len(public):

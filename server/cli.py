@@ -29,7 +29,7 @@ def _train_config(args: argparse.Namespace):
 
     cfg = get_preset(args.preset)
     update: dict = {}
-    for field in ("epochs", "seed", "width", "batch_size", "lr", "device", "threads"):
+    for field in ("epochs", "seed", "width", "batch_size", "lr", "device", "threads", "train_size"):
         v = getattr(args, field)
         if v is not None:
             update[field] = v
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--data-seed", type=int, help="dataset seed (default: the preset's)")
     t.add_argument("--epochs", type=int)
+    t.add_argument("--train-size", type=int, help="train on the first N images of the split only (a smaller private set)")
     t.add_argument("--width", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)

@@ -24,7 +24,6 @@ import contextlib  # noqa: E402
 import json  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -48,10 +47,7 @@ SERVER_TEST_CONFIG = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from testbed.services import free_port  # noqa: E402,F401  (re-exported for the tests)
 
 
 def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
@@ -241,3 +237,39 @@ def victim(server_factory, redis_url) -> Victim:
     yield v
     v.admin.close()
     cleanup_prefix(redis_url, prefix)
+
+
+def compose_env(value: str, env: dict[str, str]) -> str:
+    """docker-compose variable substitution: ${X}, ${X:-default}, ${X:?error}; $$ is a literal $."""
+    import re
+
+    def sub(m):
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise AssertionError(f"compose needs {name}: {arg}")
+        return arg or ""
+    return re.sub(r"\$\$|\$\{([A-Z_][A-Z0-9_]*)(?:(:-|:\?)([^}]*))?\}", sub, value)
+
+
+@pytest.fixture(scope="session")
+def trained_victim(data_root, tmp_path_factory) -> Path:
+    """A tiny victim really trained (1 epoch, width 4, 5% data) with its watermark, data spec,
+    metrics and legitimate profile: what the demo, the compose scenario and the defender need."""
+    from server.defences.profile import record_profile
+    from shared.data.synthetic import DataSpec
+    from shared.train import get_preset
+    from shared.train.evaluate import full_report
+    from shared.train.simclr import finalize, train
+
+    spec = DataSpec().scaled(0.05)
+    out = tmp_path_factory.mktemp("trained") / "victim"
+    cfg = get_preset("tiny").model_copy(update={"width": 4, "epochs": 1, "data": spec})
+    outcome = train(cfg, out, progress=False)
+    finalize(outcome, out, full_report(outcome.checkpoint, spec, torch.device("cpu"), None, with_baseline=False))
+    prof, _ = record_profile(out, users=2, images=150, classes=3, attacker_images=200, spec=spec)
+    prof.save(out / "legit_profile.json")
+    return out

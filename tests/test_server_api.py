@@ -322,25 +322,13 @@ def test_docker_compose_config_valid():
     assert "victim-api" in out.stdout and "redis" in out.stdout and "healthcheck" in out.stdout
 
 
-def _compose_env(value: str, env: dict[str, str]) -> str:
-    """docker-compose variable substitution: ${X}, ${X:-default}, ${X:?error}."""
-    def sub(m):
-        name, op, arg = m.group(1), m.group(2), m.group(3)
-        if env.get(name):
-            return env[name]
-        if op == ":?":
-            raise AssertionError(f"compose needs {name}: {arg}")
-        return arg or ""
-    return re.sub(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:-|:\?)([^}]*))?\}", sub, value)
-
-
 @pytest.mark.timeout(120)
 def test_compose_services_run_natively(tiny_checkpoint, redis_server_factory, tmp_path):
     """Start what docker-compose.yml describes, natively: the redis service's redis-server, then the
     victim-api command with the file's environment (secrets from env, REDIS_URL at the redis service),
     and run both healthchecks. Only host names, ports and mount points are mapped to this machine."""
     import yaml
-    from conftest import free_port, wait_http
+    from conftest import compose_env, free_port, wait_http
 
     spec = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     api, red = spec["services"]["victim-api"], spec["services"]["redis"]
@@ -348,14 +336,14 @@ def test_compose_services_run_natively(tiny_checkpoint, redis_server_factory, tm
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
     assert any(v.endswith(":/checkpoints:ro") for v in api["volumes"]) and any(v.endswith(":/data") for v in api["volumes"])
     with pytest.raises(AssertionError, match="HEIST_ADMIN_TOKEN"):  # refuses to start without the secret
-        _compose_env(api["environment"]["HEIST_ADMIN_TOKEN"], {})
+        compose_env(api["environment"]["HEIST_ADMIN_TOKEN"], {})
     redis_srv = redis_server_factory()
     probe = red["healthcheck"]["test"][1:]
     out = subprocess.run(probe[:1] + ["-p", str(redis_srv.port)] + probe[1:], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "PONG"
     host_env = {"HEIST_ADMIN_TOKEN": SERVER_ADMIN_TOKEN, "HEIST_SERVER_SECRET": "compose-secret-" + "s" * 16,
                 "HEIST_VICTIM": tiny_checkpoint.name, "HEIST_DEVICE": "cpu"}
-    env = {k: _compose_env(str(v), host_env) for k, v in api["environment"].items()}
+    env = {k: compose_env(str(v), host_env) for k, v in api["environment"].items()}
     port = free_port()
     env["REDIS_URL"] = env["REDIS_URL"].replace("redis://redis:6379", f"redis://127.0.0.1:{redis_srv.port}")
     env["HEIST_CHECKPOINT"] = env["HEIST_CHECKPOINT"].replace("/checkpoints", str(tiny_checkpoint.parent))

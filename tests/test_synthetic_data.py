@@ -82,6 +82,11 @@ def test_private_parts_disjoint_and_in_range():
     assert len(set(a) & set(b)) == 0 and a.max() < 300 and b.max() < 300
     with pytest.raises(ValueError, match="private parts"):
         private_split_indices(SMALL, size=200)
+    # a victim trained on a prefix: both parts are members of that prefix
+    a, b = private_split_indices(SMALL, size=50, pool=120)
+    assert len(set(a) & set(b)) == 0 and max(a.max(), b.max()) < 120
+    with pytest.raises(ValueError, match="private set has 120"):
+        private_split_indices(SMALL, size=61, pool=120)
 
 
 def test_unknown_domain_rejected():

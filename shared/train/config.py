@@ -18,6 +18,7 @@ class TrainConfig(BaseModel):
     width: int = Field(default=16, ge=4)
     data: DataSpec = Field(default_factory=DataSpec)
     train_split: str = "train"
+    train_size: int | None = Field(default=None, ge=2, description="train on this prefix of the split (the private set); None: all of it")
     epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=256, ge=2)
     lr: float = Field(default=2e-3, gt=0)

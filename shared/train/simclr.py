@@ -42,7 +42,7 @@ def build_checkpoint(cfg: TrainConfig) -> Checkpoint:
         representation_dim=d,
         head=HeadSpec(hidden_dim=d, out_dim=cfg.proj_dim),
         watermark=WatermarkSpec() if cfg.watermark else None,
-        data={"spec": cfg.data.model_dump(), "train_split": cfg.train_split},
+        data={"spec": cfg.data.model_dump(), "train_split": cfg.train_split, "train_size": cfg.train_size},
         training=cfg.model_dump(exclude={"data"}),
         seed=cfg.seed,
     )
@@ -106,7 +106,9 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, stop_after: int | 
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     data = load_split(cfg.data, cfg.train_split, progress=progress)
-    images = torch.from_numpy(data.images)  # uint8, converted per batch
+    if cfg.train_size is not None and cfg.train_size > len(data):
+        raise ValueError(f"train_size={cfg.train_size} but split {cfg.train_split!r} has {len(data)} images")
+    images = torch.from_numpy(data.images[: cfg.train_size])  # uint8, converted per batch
     n = len(images)
     if n < cfg.batch_size:
         raise ValueError(f"split {cfg.train_split!r} has {n} images, fewer than one batch of {cfg.batch_size}")

@@ -1,0 +1,150 @@
+"""Defence trade-off: for each policy, the legitimate customer's accuracy vs the attacker's stolen
+accuracy, and what each side paid; plus the adaptive attackers.
+
+One real ``heist-server serve`` process hosts the victim with one tier per policy
+(``testbed/policies.py``); per policy a fresh legitimate account runs its narrow task
+(``testbed/legit.py``) and a fresh attacker account runs ``heist-attack steal`` (a subprocess, over
+HTTP, ``--no-eval``); the stolen copy is then probed locally on the main task. Adaptive rows:
+query averaging vs keyed noise, sybil accounts vs B4B's per-account transforms, and a
+similar-query-avoiding attacker vs the similarity defence.
+
+    python -m bench.tradeoff                      # all policies + adaptive rows (~40 min on 2 cores)
+    python -m bench.tradeoff --policies none,b4b --no-adaptive
+
+Writes results/tradeoff.json, results/tradeoff.md and results/tradeoff.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attacker.cache import QueryCache
+from attacker.measure import probe_local
+from bench._common import RESULTS, table, write_json
+from shared.checkpoint import load_checkpoint
+from shared.data.synthetic import MAIN_TASK, DataSpec
+from testbed.legit import LegitTask, legit_user
+from testbed.policies import POLICIES, policy_tiers, representation_scale
+from testbed.services import REPO, serve
+
+# (label, policy, extra heist-attack steal args, number of attacker accounts)
+ADAPTIVE = [
+    ("averaging x4", "noise", ["--repeats", "4"], 1),
+    ("sybils x4", "b4b", ["--anchors", "300"], 4),
+    ("avoid-similar", "similar", ["--avoid-similar", "0.9"], 1),
+]
+
+
+def steal(url: str, keys: list[str], out: Path, cache: Path, a: argparse.Namespace, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "attacker.cli", "steal", "--url", url, "--queries", str(a.queries), "--loss", a.loss,
+           "--query-set", "attack", "--width", "16", "--epochs", str(a.epochs), "--batch-size", "128",
+           "--out", str(out), "--cache", str(cache), "--no-eval", "--threads", str(a.threads), *extra]
+    env = {**os.environ, "HEIST_API_KEYS": ",".join(keys)}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    ck = load_checkpoint(out)
+    probe = probe_local(ck.encoder, DataSpec(), a.probe_train_size, progress=False)
+    cost = ck.config.training.get("cost", {})
+    return {"stolen": probe[f"probe_{MAIN_TASK}"], "stolen_probes": probe, "attacker_cost": cost,
+            "attacker_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in rows:
+        ax.scatter(100 * r["legit"], 100 * r["stolen"], marker="o" if r["attack"] == "plain" else "x")
+        ax.annotate(r["label"], (100 * r["legit"], 100 * r["stolen"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("legitimate customer's accuracy (3-class task, %)")
+    ax.set_ylabel(f"stolen copy's linear probe ({MAIN_TASK}, %)")
+    ax.grid(alpha=0.3)
+    ax.set_title("defence trade-off (o plain attacker, x adaptive)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=str(REPO / "runs" / "victim"))
+    p.add_argument("--profile", default=str(RESULTS / "legit_profile.json"),
+                   help="legitimate profile recorded from this victim (heist-server defences record-profile)")
+    p.add_argument("--policies", default=",".join(POLICIES))
+    p.add_argument("--no-adaptive", action="store_true")
+    p.add_argument("--queries", type=int, default=4000)
+    p.add_argument("--loss", default="mse")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--probe-train-size", type=int, default=5000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default=str(REPO / "runs" / "tradeoff"), help="stolen copies and query caches")
+    p.add_argument("--redis-url", default=None, help="store of the server (default: embedded)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    policies = [s for s in a.policies.split(",") if s]
+    adaptive = [] if a.no_adaptive else [x for x in ADAPTIVE if x[1] in policies]
+    scale = representation_scale(a.checkpoint)
+    tiers = policy_tiers(policies, Path(a.profile), scale)
+    work = Path(a.work) / time.strftime("%Y%m%d-%H%M%S")
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with serve(a.checkpoint, {"tiers": tiers, "max_images_per_request": 64}, redis_url=a.redis_url,
+               log_path=work / "server.log") as srv:
+        plan = [(pol, pol, [], 1, "plain") for pol in policies] + [(lab, pol, ex, n, "adaptive") for lab, pol, ex, n in adaptive]
+        for label, pol, extra, n_keys, kind in plan:
+            tag = label.replace(" ", "_")
+            print(f"== {label} (policy {pol}) ==", flush=True)
+            row = {"label": label, "policy": pol, "attack": kind}
+            if kind == "plain":
+                with QueryCache(work / f"legit-{tag}") as cache:
+                    lg = legit_user(srv.url, srv.new_account(f"legit-{tag}", f"policy-{pol}"), cache, LegitTask(), progress=False)
+                row.update(legit=lg["accuracy"], legit_cost=lg)
+            else:
+                row["legit"] = next(r["legit"] for r in rows if r["label"] == pol)
+            keys = [srv.new_account(f"thief-{tag}-{i}", f"policy-{pol}") for i in range(n_keys)]
+            row.update(steal(srv.url, keys, work / f"stolen-{tag}", work / f"cache-{tag}", a, extra))
+            row["thief_defences"] = [srv.account_defences(f"thief-{tag}-{i}") for i in range(n_keys)]
+            rows.append(row)
+            print(f"   legit {100 * row['legit']:.1f}%  stolen {100 * row['stolen']:.1f}%", flush=True)
+    base = next((r for r in rows if r["label"] == "none"), None)
+    for r in rows:
+        if base:
+            r["legit_drop"] = round(100 * (base["legit"] - r["legit"]), 1)
+            r["stolen_drop"] = round(100 * (base["stolen"] - r["stolen"]), 1)
+        c = r["attacker_cost"]
+        r["attacker_s"] = round(c.get("query_seconds", 0) + c.get("train_seconds", 0), 1)
+        r["legit_s"] = (r.get("legit_cost") or {}).get("seconds", "")
+    fmt = [{**r, "legit": f"{100 * r['legit']:.1f}%", "stolen": f"{100 * r['stolen']:.1f}%",
+            "pow_hashes": r["attacker_cost"].get("pow_hashes", 0),
+            "legit_pow": (r.get("legit_cost") or {}).get("pow_hashes", "")} for r in rows]
+    cols = ["label", "policy", "attack", "legit", "legit_drop", "stolen", "stolen_drop", "legit_s", "legit_pow", "attacker_s",
+            "pow_hashes"]
+    txt = table(fmt, cols)
+    print(txt)
+    winners = [r["label"] for r in rows if base and r["attack"] == "plain" and r["stolen_drop"] >= 15 and r["legit_drop"] <= 1]
+    verdict = (f"policies dropping the attacker >= 15 points at <= 1 point for the customer: {', '.join(winners)}" if winners
+               else "no policy drops the attacker >= 15 points at <= 1 point for the customer")
+    print(verdict)
+    cmd = "python -m bench.tradeoff " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_json("tradeoff", {"command": cmd, "config": vars(a), "scale": scale, "tiers": tiers, "rows": rows, "verdict": verdict})
+    (RESULTS / "tradeoff.md").write_text(f"# Defence trade-off\n\nCommand: `{cmd}`\n\n"
+                                         f"Attacker: {a.loss}, {a.queries} queries of the attack split, {a.epochs} epochs; "
+                                         f"customer: {LegitTask()}.\n\n```\n{txt}\n```\n\n{verdict}\n")
+    plot(rows, RESULTS / "tradeoff.png")
+    _ = np
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

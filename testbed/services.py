@@ -1,0 +1,126 @@
+"""Run the testbed's services natively: a real ``heist-server serve`` process on loopback.
+
+The same command and environment as the compose file's ``victim-api`` / ``suspect-api`` services;
+used by the demo, the benchmarks and the end-to-end tests. Every process started here is stopped
+when its context exits (also on Ctrl-C), so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, log_path: Path | None = None, timeout_s: float = 120.0,
+               path: str = "/readyz") -> None:
+    """Poll ``url + path`` until it answers 200; raise with the server log's tail if the process exits
+    or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log_path.read_text()[-2000:] if log_path and log_path.exists() else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {tail}")
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url}{path} not ready after {timeout_s:.0f} s")
+
+
+@dataclass
+class Server:
+    url: str
+    admin_token: str
+    proc: subprocess.Popen
+    log_path: Path
+    ids: dict[str, str] = field(default_factory=dict)  # account name -> id, for the accounts made here
+
+    def new_account(self, name: str, tier: str) -> str:
+        """Create an account through the admin endpoint; returns its API key (shown once)."""
+        created = create_account(self.url, self.admin_token, tier, name)
+        self.ids[name] = created["account"]["id"]
+        return created["api_key"]
+
+    def account(self, name: str) -> dict:
+        """Admin view of an account made here: tier, usage counters."""
+        return self._admin_get(f"/v1/admin/accounts/{self.ids[name]}")
+
+    def account_defences(self, name: str) -> dict:
+        """Admin view of an account's defence state: coverage, sigma, similar hits, PoW bits."""
+        return self._admin_get(f"/v1/admin/accounts/{self.ids[name]}/defences")
+
+    def _admin_get(self, path: str) -> dict:
+        r = httpx.get(self.url + path, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+
+def create_account(url: str, admin: str, tier: str, name: str) -> dict:
+    """POST /v1/admin/accounts; the AccountCreated JSON (account info + the key, shown once)."""
+    r = httpx.post(url + "/v1/admin/accounts", json={"name": name, "tier": tier},
+                   headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def new_key(url: str, admin: str, tier: str, name: str) -> str:
+    return create_account(url, admin, tier, name)["api_key"]
+
+
+@contextmanager
+def serve(checkpoint: str | Path, config: dict | None = None, *, redis_url: str | None = None, prefix: str | None = None,
+          secret: str | None = None, log_path: Path | None = None, torch_threads: int = 1,
+          timeout_s: float = 300) -> Iterator[Server]:
+    """``heist-server serve --checkpoint CKPT --config <config as JSON>`` on a free loopback port.
+
+    ``redis_url`` None = the embedded store; otherwise a Redis under ``prefix`` (default: a fresh
+    random one). Secrets (admin token, server secret) are generated here and passed by environment.
+    """
+    port, token = free_port(), "tb-admin-" + secrets.token_urlsafe(16)
+    with tempfile.TemporaryDirectory(prefix="heist-serve-") as d:
+        cf = Path(d) / "server.json"
+        cf.write_text(json.dumps(config or {}))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}
+        env.update(HEIST_ADMIN_TOKEN=token, HEIST_SERVER_SECRET=secret or "tb-" + secrets.token_hex(16),
+                   HEIST_TORCH_THREADS=str(torch_threads))
+        if redis_url:
+            env.update(REDIS_URL=redis_url, HEIST_STORE_PREFIX=prefix or "heist-tb-" + secrets.token_hex(4))
+        log = Path(log_path) if log_path else Path(d) / "server.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(checkpoint),
+                                     "--config", str(cf), "--port", str(port)],
+                                    cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_ready(url, proc, log, timeout_s=timeout_s, path="/healthz")
+                yield Server(url, token, proc, log)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)

@@ -1,0 +1,116 @@
+"""The testbed layer: policies as validated tiers, the legitimate customer over real HTTP, and the
+one-command demo end to end on a tiny victim (real server subprocesses, real CLIs)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, ServerConfig
+from server.defences.b4b import sigma_of_coverage
+from shared.data.synthetic import DataSpec
+from testbed.policies import POLICIES, b4b_beta, policy_defences, policy_tiers
+
+TINY = DataSpec().scaled(0.05)
+
+
+def _profile(path: Path, coverage: float = 0.12) -> Path:
+    path.write_text(json.dumps({"version": 1, "lsh": {"hyperplanes": 12, "hash_sets": 20, "center": None},
+                                "similarity": {"space": "projection", "metric": "cosine", "tau": 0.93},
+                                "images": [100, 1200], "coverage": [0.02, coverage], "similar_rate": 0.1, "volume": 1200}))
+    return path
+
+
+def test_b4b_beta_prices_the_legitimate_envelope_at_a_thousandth_of_alpha(tmp_path):
+    prof = json.loads(_profile(tmp_path / "p.json").read_text())
+    for alpha in (0.05, 1.0, 3.0):
+        beta = b4b_beta(prof, alpha)
+        assert math.isclose(sigma_of_coverage(0.14, alpha=alpha, beta=beta), 1e-3 * alpha, rel_tol=0.02)
+        assert sigma_of_coverage(beta, alpha=alpha, beta=beta) == pytest.approx(alpha, rel=1e-5)  # full noise at c = beta
+        assert sigma_of_coverage(0.10, alpha=alpha, beta=beta) < 1e-3 * alpha
+
+
+def test_every_policy_is_a_valid_server_tier(tmp_path):
+    prof = _profile(tmp_path / "p.json")
+    tiers = policy_tiers(POLICIES, prof, scale=0.2)
+    assert set(tiers) == {f"policy-{p}" for p in POLICIES}
+    assert tiers["policy-none"]["defences"] == []
+    noise = policy_defences("noise", prof, scale=0.2)[0]
+    assert noise["name"] == "gaussian_noise" and noise["params"]["sigma"] == pytest.approx(0.1)
+    assert [d["name"] for d in tiers["policy-all"]["defences"]] == ["gaussian_noise", "similar_query", "b4b", "pow"]
+    cfg = ServerConfig.model_validate({"tiers": tiers})  # the server's own validation, cross-checks included
+    assert "policy-pow" in cfg.tiers
+    with pytest.raises(ValueError, match="unknown policy"):
+        policy_defences("paranoid", prof, scale=0.2)
+    _ = ConfigError
+
+
+@pytest.fixture(scope="module")
+def tiny_victim(trained_victim) -> Path:
+    return trained_victim
+
+
+@pytest.mark.slow
+def test_legit_customer_over_http_under_every_policy(tiny_victim, tmp_path):
+    from attacker.cache import QueryCache
+    from testbed.legit import LegitTask, legit_user
+    from testbed.policies import representation_scale
+    from testbed.services import serve
+
+    scale = representation_scale(tiny_victim)
+    assert scale > 0
+    tiers = policy_tiers(["none", "noise", "b4b"], tiny_victim / "legit_profile.json", scale)
+    task = LegitTask(images=150)
+    with serve(tiny_victim, {"tiers": tiers}) as srv:
+        res = {}
+        for pol in ("none", "noise", "b4b"):
+            with QueryCache(tmp_path / pol) as cache:
+                res[pol] = legit_user(srv.url, srv.new_account(f"c-{pol}", f"policy-{pol}"), cache, task, spec=TINY,
+                                      progress=False)
+            assert res[pol]["bought"] == res[pol]["queries"] > 0
+            assert 0.0 <= res[pol]["accuracy"] <= 1.0
+        st = srv.account_defences("c-b4b")
+        assert st["images"] == res["b4b"]["queries"] and st["coverage"] > 0
+        # the same customer again: everything from its cache, nothing bought twice
+        with QueryCache(tmp_path / "none") as cache:
+            again = legit_user(srv.url, srv.new_account("c-none-2", "policy-none"), cache, task, spec=TINY, progress=False)
+        assert again["bought"] == again["queries"]  # another account: its own answers
+        assert srv.account("c-none")["usage"]["images"] == res["none"]["queries"]
+    assert srv.proc.poll() is not None  # the server is gone after the context
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmd:
+                found.append(cmd)
+    return found
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_a_tiny_victim(tiny_victim, tmp_path):
+    from testbed.demo import main
+
+    out = tmp_path / "demo"
+    rc = main(["--victim", str(tiny_victim), "--policy", "b4b", "--queries", "300", "--epochs", "1", "--verify-n", "100",
+               "--probe-train-size", "300", "--threads", "2", "--out", str(out)])
+    assert rc == 0
+    (run,) = list(out.iterdir())
+    s = json.loads((run / "summary.json").read_text())
+    assert set(s["customer"]) == {"none", "b4b"}
+    assert s["thief_cost"]["queries"] == 300 and s["thief_cost"]["answers_bought_this_run"] == 300
+    assert s["thief_defence_state"]["images"] == 300
+    methods = {v["method"] for v in s["verdicts"]}
+    assert {"watermark_aligned", "dataset_inference", "similarity"} <= methods
+    assert all(v["p_value"] is None or 0 <= v["p_value"] <= 1 for v in s["verdicts"])
+    assert (run / "summary.md").read_text().count("|") > 20
+    assert (run / "stolen" / "config.json").is_file() and (run / "verify" / "verify.json").is_file()
+    assert _processes_mentioning(str(tiny_victim)) == [] and _processes_mentioning(str(run / "stolen")) == []
