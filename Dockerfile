@@ -12,6 +12,7 @@ COPY shared ./shared
 COPY server ./server
 COPY attacker ./attacker
 COPY defender ./defender
+COPY testbed ./testbed
 RUN uv sync --frozen --no-dev
 USER heist
 EXPOSE 8000
