@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job: make the data, train the default CPU victim, print its linear-probe report.
-# Usage: bash scripts/main.sh [extra heist-server train args, e.g. --preset tiny]
+# The main job: the whole testbed in one command (heist-demo). It makes the data, trains the default
+# CPU victim when runs/victim holds none (about 15 minutes here), serves it, runs a legitimate
+# customer and a thief under a defence policy, hosts the stolen copy, runs the defender and prints
+# one summary. With a cached victim it takes about 10 minutes on 2 cores.
+# Usage: bash scripts/main.sh [heist-demo args, e.g. --policy pow --queries 2000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/bootstrap.sh
-uv run --frozen heist-server data
-exec uv run --frozen heist-server train --preset cpu --out runs/victim "$@"
+exec uv run --frozen heist-demo "$@"

@@ -12,6 +12,7 @@ centre, PoW's legitimate envelope) read the legitimate profile recorded from the
 - ``b4b``: coverage-priced noise (SimHash 12 x 20, centred) with a per-account affine transform;
   ``beta`` is set from the profile so a legitimate user's envelope costs ~nothing.
 - ``pow``: calibrated proof-of-work (volume + coverage deviation from the profile); answers untouched.
+  Difficulty 12-18 bits, scaled to the testbed's Python solver (production: 20-28, docs/defences.md).
 - ``all``: noise + similar + b4b + pow together.
 """
 
@@ -36,7 +37,7 @@ def b4b_beta(profile: dict, alpha: float, lam: float = 1e-7, legit_sigma: float 
 
 
 def policy_defences(name: str, profile_path: Path, scale: float, noise_sigma: float = 0.5,
-                    b4b_alpha: float = 2.0) -> list[dict]:
+                    b4b_alpha: float = 2.0, pow_bits: tuple[int, int] = (12, 18)) -> list[dict]:
     """Defence specs of one policy; ``scale`` = the victim's mean per-dimension std of representations."""
     profile = json.loads(Path(profile_path).read_text())
     sim = profile["similarity"]
@@ -48,8 +49,9 @@ def policy_defences(name: str, profile_path: Path, scale: float, noise_sigma: fl
                                      "alpha": round(alpha, 6), "beta": b4b_beta(profile, alpha), "transform": "affine",
                                      "center_from": str(Path(profile_path).resolve())}}
     b4b_silent = {"name": "b4b", "params": {**b4b["params"], "noise": False, "transform": "none"}}
-    pow_ = {"name": "pow", "params": {"profile": str(Path(profile_path).resolve()), "min_bits": 16, "max_bits": 24,
-                                      "w_similar": 0.0}}
+    # bits scaled to this testbed's Python solver (0.3 MH/s): 12..18 bits = 4k..262k hashes per request
+    pow_ = {"name": "pow", "params": {"profile": str(Path(profile_path).resolve()), "min_bits": pow_bits[0],
+                                      "max_bits": pow_bits[1], "w_similar": 0.0}}
     table = {"none": [], "noise": [noise], "similar": [similar], "b4b": [b4b], "pow": [b4b_silent, pow_],
              "all": [noise, similar, b4b, {**pow_, "params": {**pow_["params"], "w_similar": 1.0}}]}
     if name not in table:
