@@ -10,7 +10,10 @@ centre, PoW's legitimate envelope) read the legitimate profile recorded from the
   victim's answers (``noise_sigma`` x the mean per-dimension standard deviation on public data).
 - ``similar``: FAISS similar-query perturbation (head space, cosine tau 0.93, heavy noise on a hit).
 - ``b4b``: coverage-priced noise (SimHash 12 x 20, centred) with a per-account affine transform;
-  ``beta`` is set from the profile so a legitimate user's envelope costs ~nothing.
+  alpha = 5 x scale and lambda = 1e-10 (steeper than the paper's 1e-7, whose curve only reaches
+  alpha far beyond a 4,000-query thief's coverage here); ``beta`` is set from the profile so the
+  legitimate envelope (+2 points) costs 1e-3 alpha. Calibrated with the profile's recorded
+  attacker trace: ``results/legit_profile_traces.json``.
 - ``pow``: calibrated proof-of-work (volume + coverage deviation from the profile); answers untouched.
   Difficulty 12-18 bits, scaled to the testbed's Python solver (production: 20-28, docs/defences.md).
 - ``all``: noise + similar + b4b + pow together.
@@ -37,7 +40,7 @@ def b4b_beta(profile: dict, alpha: float, lam: float = 1e-7, legit_sigma: float 
 
 
 def policy_defences(name: str, profile_path: Path, scale: float, noise_sigma: float = 0.5,
-                    b4b_alpha: float = 2.0, pow_bits: tuple[int, int] = (12, 18)) -> list[dict]:
+                    b4b_alpha: float = 5.0, b4b_lam: float = 1e-10, pow_bits: tuple[int, int] = (12, 18)) -> list[dict]:
     """Defence specs of one policy; ``scale`` = the victim's mean per-dimension std of representations."""
     profile = json.loads(Path(profile_path).read_text())
     sim = profile["similarity"]
@@ -46,7 +49,8 @@ def policy_defences(name: str, profile_path: Path, scale: float, noise_sigma: fl
     similar = {"name": "similar_query", "params": {"space": sim["space"], "metric": sim["metric"], "tau": sim["tau"],
                                                     "action": "noise", "noise_mean": 0.0, "noise_sigma": round(10 * scale, 6)}}
     b4b = {"name": "b4b", "params": {"hyperplanes": profile["lsh"]["hyperplanes"], "hash_sets": profile["lsh"]["hash_sets"],
-                                     "alpha": round(alpha, 6), "beta": b4b_beta(profile, alpha), "transform": "affine",
+                                     "alpha": round(alpha, 6), "beta": b4b_beta(profile, alpha, b4b_lam), "lam": b4b_lam,
+                                     "transform": "affine",
                                      "center_from": str(Path(profile_path).resolve())}}
     b4b_silent = {"name": "b4b", "params": {**b4b["params"], "noise": False, "transform": "none"}}
     # bits scaled to this testbed's Python solver (0.3 MH/s): 12..18 bits = 4k..262k hashes per request

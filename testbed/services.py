@@ -89,6 +89,26 @@ def new_key(url: str, admin: str, tier: str, name: str) -> str:
     return create_account(url, admin, tier, name)["api_key"]
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit in the main thread, so context managers stop their servers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 @contextmanager
 def serve(checkpoint: str | Path, config: dict | None = None, *, redis_url: str | None = None, prefix: str | None = None,
           secret: str | None = None, log_path: Path | None = None, torch_threads: int = 1,
@@ -98,6 +118,7 @@ def serve(checkpoint: str | Path, config: dict | None = None, *, redis_url: str 
     ``redis_url`` None = the embedded store; otherwise a Redis under ``prefix`` (default: a fresh
     random one). Secrets (admin token, server secret) are generated here and passed by environment.
     """
+    _exit_on_sigterm()
     port, token = free_port(), "tb-admin-" + secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="heist-serve-") as d:
         cf = Path(d) / "server.json"
@@ -112,7 +133,8 @@ def serve(checkpoint: str | Path, config: dict | None = None, *, redis_url: str 
         with open(log, "w") as fh:
             proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(checkpoint),
                                      "--config", str(cf), "--port", str(port)],
-                                    cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+                                    cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
             url = f"http://127.0.0.1:{port}"
             try:
                 wait_ready(url, proc, log, timeout_s=timeout_s, path="/healthz")

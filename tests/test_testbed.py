@@ -114,3 +114,30 @@ def test_demo_end_to_end_on_a_tiny_victim(tiny_victim, tmp_path):
     assert (run / "summary.md").read_text().count("|") > 20
     assert (run / "stolen" / "config.json").is_file() and (run / "verify" / "verify.json").is_file()
     assert _processes_mentioning(str(tiny_victim)) == [] and _processes_mentioning(str(run / "stolen")) == []
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_servers_die_with_the_process_that_started_them(tiny_checkpoint, sig):
+    """No process left behind: the demo/bench parent killed (even with SIGKILL) takes its servers along."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time\nfrom testbed.services import serve\n"
+            f"with serve({str(tiny_checkpoint)!r}, {{}}) as s:\n"
+            "    print(s.proc.pid, flush=True)\n    time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    server_pid = int(parent.stdout.readline())
+    os.kill(server_pid, 0)  # alive
+    parent.send_signal(getattr(signal, sig))
+    parent.wait(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"server {server_pid} still running after its parent got {sig}")
