@@ -17,6 +17,7 @@ Writes results/tradeoff.json, results/tradeoff.md and results/tradeoff.png.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default=str(REPO / "runs" / "tradeoff"), help="stolen copies and query caches")
     p.add_argument("--redis-url", default=None, help="store of the server (default: embedded)")
+    p.add_argument("--update", action="store_true",
+                   help="re-measure only the rows asked for; keep the other rows of results/tradeoff.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     policies = [s for s in a.policies.split(",") if s]
@@ -117,6 +120,17 @@ def main(argv: list[str] | None = None) -> int:
             row["thief_defences"] = [srv.account_defences(f"thief-{tag}-{i}") for i in range(n_keys)]
             rows.append(row)
             print(f"   legit {100 * row['legit']:.1f}%  stolen {100 * row['stolen']:.1f}%", flush=True)
+    cmd = "python -m bench.tradeoff " + " ".join(sys.argv[1:] if argv is None else argv)
+    commands = [cmd]
+    if a.update and (RESULTS / "tradeoff.json").is_file():
+        new = {r["label"] for r in rows}
+        before = json.loads((RESULTS / "tradeoff.json").read_text())
+        commands = before.get("commands", [before.get("command")]) + [cmd]
+        old = [r for r in before["rows"] if r["label"] not in new]
+        rows = old + rows
+        rows.sort(key=lambda r: (r["attack"] != "plain", r["label"] not in POLICIES or POLICIES.index(r["label"])))
+        for r in rows:
+            r.setdefault("measured", "earlier run" if r["label"] not in new else "this run")
     base = next((r for r in rows if r["label"] == "none"), None)
     for r in rows:
         if base:
@@ -136,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     verdict = (f"policies dropping the attacker >= 15 points at <= 1 point for the customer: {', '.join(winners)}" if winners
                else "no policy drops the attacker >= 15 points at <= 1 point for the customer")
     print(verdict)
-    cmd = "python -m bench.tradeoff " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_json("tradeoff", {"command": cmd, "config": vars(a), "scale": scale, "tiers": tiers, "rows": rows, "verdict": verdict})
+    cmd = " && ".join(commands)
+    write_json("tradeoff", {"command": cmd, "commands": commands, "config": vars(a), "scale": scale, "tiers": tiers, "rows": rows, "verdict": verdict})
     (RESULTS / "tradeoff.md").write_text(f"# Defence trade-off\n\nCommand: `{cmd}`\n\n"
                                          f"Attacker: {a.loss}, {a.queries} queries of the attack split, {a.epochs} epochs; "
                                          f"customer: {LegitTask()}.\n\n```\n{txt}\n```\n\n{verdict}\n")

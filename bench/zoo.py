@@ -69,7 +69,8 @@ def suspects(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                 found.append({"name": p.name, "path": p, "truth": "stolen", "group": f"stolen/{n}"})
             else:
                 missing.append(f"{p.name} (make it with --steal)")
-    extra = sorted(p for p in RUNS.glob("stolen-*") if (p / "config.json").exists() and p.name not in {s["name"] for s in found})
+    extra = [] if args.no_extra else sorted(
+        p for p in RUNS.glob("stolen-*") if (p / "config.json").exists() and p.name not in {s["name"] for s in found})
     found += [{"name": p.name, "path": p, "truth": "stolen", "group": "stolen/other"} for p in extra]
     for p in sorted(RUNS.glob("independent-*")):
         if (p / "config.json").exists():
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", nargs="+", type=int, default=[2000, 8000])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--no-extra", action="store_true", help="only the listed losses x budgets, not every runs/stolen-*")
     ap.add_argument("--obfuscate", nargs="*", default=["permute", "affine", "pad_shuffle"])
     ap.add_argument("--wm-n", type=int, default=500)
     ap.add_argument("--di-n", type=int, default=1000, help="part A, part B and public sizes of dataset inference")

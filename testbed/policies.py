@@ -16,7 +16,8 @@ centre, PoW's legitimate envelope) read the legitimate profile recorded from the
   attacker trace: ``results/legit_profile_traces.json``.
 - ``pow``: calibrated proof-of-work (volume + coverage deviation from the profile); answers untouched.
   Difficulty 12-18 bits, scaled to the testbed's Python solver (production: 20-28, docs/defences.md).
-- ``all``: noise + similar + b4b + pow together.
+- ``all``: b4b + noise + similar + pow together (b4b first: defences run in order, and coverage
+  must be measured on the victim's own representations).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def policy_defences(name: str, profile_path: Path, scale: float, noise_sigma: fl
     pow_ = {"name": "pow", "params": {"profile": str(Path(profile_path).resolve()), "min_bits": pow_bits[0],
                                       "max_bits": pow_bits[1], "w_similar": 0.0}}
     table = {"none": [], "noise": [noise], "similar": [similar], "b4b": [b4b], "pow": [b4b_silent, pow_],
-             "all": [noise, similar, b4b, {**pow_, "params": {**pow_["params"], "w_similar": 1.0}}]}
+             # b4b first: coverage must hash the victim's own representations, not ones already noised
+             "all": [b4b, noise, similar, {**pow_, "params": {**pow_["params"], "w_similar": 1.0}}]}
     if name not in table:
         raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
     return table[name]

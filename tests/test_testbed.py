@@ -40,7 +40,7 @@ def test_every_policy_is_a_valid_server_tier(tmp_path):
     assert tiers["policy-none"]["defences"] == []
     noise = policy_defences("noise", prof, scale=0.2)[0]
     assert noise["name"] == "gaussian_noise" and noise["params"]["sigma"] == pytest.approx(0.1)
-    assert [d["name"] for d in tiers["policy-all"]["defences"]] == ["gaussian_noise", "similar_query", "b4b", "pow"]
+    assert [d["name"] for d in tiers["policy-all"]["defences"]] == ["b4b", "gaussian_noise", "similar_query", "pow"]
     cfg = ServerConfig.model_validate({"tiers": tiers})  # the server's own validation, cross-checks included
     assert "policy-pow" in cfg.tiers
     with pytest.raises(ValueError, match="unknown policy"):
