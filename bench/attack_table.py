@@ -2,14 +2,16 @@
 losses x query budgets, direct extraction, against the undefended victim (tier ``unlimited``).
 
     python -m bench.attack_table [--url URL --api-key KEY] [--losses mse,infonce,...] \
-        [--budgets 1000,2000,4000] [--epochs 30] [--width 16] [--quick]
+        [--budgets 1000,2000,4000] [--epochs 30] [--width 16] [--query-set attack] [--save-dir runs] [--quick]
 
 Without --url it starts ``heist-server serve --checkpoint runs/victim`` itself on a free port
 (embedded store, tier ``unlimited``: no limits, no defences) and creates the accounts through the
-admin endpoint. Queries are the first N images of the ``attack`` split, bought once per budget
+admin endpoint. Queries are the first N images of the query set (default the ``attack`` split;
+``shifted_train`` is the other domain), bought once per budget
 through one thief account and cached (tables over several losses reuse the same answers, as an
 attacker would); the victim's quality is measured by a separate customer account through the API.
-Writes results/attack_table.json, results/attack_table.md and results/attack_accuracy_vs_queries.png.
+Writes results/<out>.json, results/<out>.md and results/attack_accuracy_vs_queries.png (``--out``
+NAME replaces ``table`` in that name).
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-train-size", type=int, default=5000)
     p.add_argument("--cache", default="results/attack_cache")
     p.add_argument("--out", default="attack_table", help="results/<out>.json|.md")
+    p.add_argument("--query-set", default="attack",
+                   help="attack (in-distribution photos) | shifted_train (the sketch domain) | real:NAME:ROOT")
     p.add_argument("--min-steps", type=int, default=0,
                    help="small budgets train for more epochs so every copy gets at least this many optimiser steps")
     p.add_argument("--aug-reuse", type=int, default=0, help="StolenEncoder: K augmented views reuse each answer")
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = QueryCache(a.cache)
         print(f"victim through the API (customer account), probe train size {a.probe_train_size}", file=sys.stderr)
         victim, vcost = probe_api(url, customer, spec, cache, a.probe_train_size)
-        qs = load_query_set("attack", max(budgets))
+        qs = load_query_set(a.query_set, max(budgets))
         t0 = time.perf_counter()
         got = asyncio.run(acquire(url, [thief], qs.images, cache))
         buy_s = time.perf_counter() - t0
@@ -91,12 +95,13 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = StealConfig(loss=loss, width=a.width, epochs=epochs, batch_size=bs, lr=a.lr, aug_reuse=a.aug_reuse)
                 t = time.perf_counter()
                 ck, hist = train_stolen(qs.images[:n], got.answers[:n], cfg, qs.labels[:n],
-                                        extra_config={"queries": n, "query_set": "attack", "bench": "attack_table"})
+                                        extra_config={"queries": n, "query_set": a.query_set, "bench": "attack_table"})
                 if a.save_dir:
-                    save_checkpoint(ck, Path(a.save_dir) / f"stolen-{loss}-{n}")
+                    tag = "" if a.query_set == "attack" else f"-{a.query_set.split(':')[0].replace('_train', '')}"
+                    save_checkpoint(ck, Path(a.save_dir) / f"stolen-{loss}-{n}{tag}")
                 s = probe_local(ck.encoder, spec, a.probe_train_size, progress=False)
                 r = ratios(s, victim)
-                row = {"loss": loss, "queries": n, "queries_per_private": round(n / private, 3), "epochs": epochs,
+                row = {"loss": loss, "query_set": a.query_set, "queries": n, "queries_per_private": round(n / private, 3), "epochs": epochs,
                        **s, "ratio": r[f"probe_{MAIN_TASK}"],
                        "train_s": round(hist["train_seconds"], 1), "total_s": round(time.perf_counter() - t, 1)}
                 rows.append(row)
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             tag = secrets.token_hex(3)
             res = run(url, new_key(url, admin, "unlimited", f"thief-{tag}"), new_key(url, admin, "unlimited", f"customer-{tag}"))
     victim = res["victim_api"]
-    cols = ["loss", "queries", "queries_per_private", "epochs", "probe_shape", "probe_pattern", "probe_shape_shifted", "ratio", "train_s"]
+    cols = ["loss", "query_set", "queries", "queries_per_private", "epochs", "probe_shape", "probe_pattern", "probe_shape_shifted", "ratio", "train_s"]
     fmt = [{**r, **{k: f"{100 * r[k]:.1f}%" for k in ("probe_shape", "probe_pattern", "probe_shape_shifted")},
             "ratio": f"{r['ratio']:.3f}"} for r in res["rows"]]
     txt = table(fmt, cols)

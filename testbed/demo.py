@@ -8,12 +8,12 @@
 4. the victim API (``heist-server serve``) on loopback: embedded store, or Redis when ``REDIS_URL`` is set;
    one tier per policy: ``none`` (baseline) and the chosen one;
 5. a legitimate customer on each tier runs its narrow task (3 shape classes, linear probe);
-6. a thief on the chosen policy's tier runs ``heist-attack steal`` (PoW, Retry-After, resumable cache);
-7. the stolen copy is hosted as a suspect API (``heist-server serve --obfuscate permute``);
-8. the owner runs ``heist-defend verify`` against that endpoint (watermark, aligned watermark, DI, similarity);
-9. one summary: victim quality, the customer's quality with and without the defence, the stolen
+6. a thief on each tier runs ``heist-attack steal`` (PoW, Retry-After, resumable cache);
+7. each stolen copy is hosted as a suspect API (``heist-server serve --obfuscate permute``) and the
+   owner runs ``heist-defend verify`` against that endpoint (watermark, aligned watermark, DI, similarity);
+8. one summary, undefended next to the policy: victim quality, the customer's quality, the stolen
    copy's quality, what the thief paid, the ownership verdicts with p-values
-   (``OUT/summary.json`` and ``OUT/summary.md``).
+   (``OUT/<time>/summary.json`` and ``summary.md``).
 
 Every server started here is stopped on exit (also on Ctrl-C and errors).
 """
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from attacker.cache import QueryCache
     from attacker.measure import probe_local
     from shared.checkpoint import load_checkpoint
-    from shared.data.synthetic import MAIN_TASK, DataSpec, make_all
+    from shared.data.synthetic import DataSpec, make_all
     from testbed.legit import LegitTask, legit_user
     from testbed.policies import POLICIES, policy_tiers, representation_scale
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     redis_url = os.environ.get("REDIS_URL")
-    total = 9
+    total = 8
 
     step(1, total, "victim (reused or trained)")
     vcfg = ensure_victim(a.victim, a.preset)
@@ -119,67 +119,89 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"customer on policy {pol}: accuracy {100 * legit[pol]['accuracy']:.1f}% "
                           f"({legit[pol]['queries']} queries, {legit[pol]['seconds']} s, {legit[pol]['pow_hashes']} PoW hashes)")
         summary["customer"] = legit
-        step(6, total, f"the thief steals over HTTP (policy {a.policy}, {a.queries} queries, loss {a.loss})")
-        thief_key = victim_api.new_account("thief", f"policy-{a.policy}")
-        stolen_dir = out / "stolen"
-        run(["attacker.cli", "steal", "--url", victim_api.url, "--queries", str(a.queries), "--loss", a.loss,
-             "--query-set", "attack", "--data-seed", str(spec.seed), "--width", "16", "--epochs", str(a.epochs), "--batch-size", "128",
-             "--out", str(stolen_dir), "--cache", str(out / "thief-cache"), "--no-eval", "--threads", str(a.threads)],
-            env={"HEIST_API_KEYS": thief_key})
-        summary["thief_defence_state"] = victim_api.account_defences("thief")
-    stolen = load_checkpoint(stolen_dir)
-    cost = stolen.config.training.get("cost", {})
-    console.print("measuring the stolen copy (linear probes, local)")
-    stolen_q = probe_local(stolen.encoder, spec, a.probe_train_size, progress=False)
-    summary["stolen_quality"] = stolen_q
-    summary["thief_cost"] = cost
+        thieves: dict[str, dict] = {}
+        step(6, total, f"thieves steal over HTTP ({a.queries} queries, loss {a.loss}), one per tier")
+        for pol in policies:
+            key = victim_api.new_account(f"thief-{pol}", f"policy-{pol}")
+            run(["attacker.cli", "steal", "--url", victim_api.url, "--queries", str(a.queries), "--loss", a.loss,
+                 "--query-set", "attack", "--data-seed", str(spec.seed), "--width", "16", "--epochs", str(a.epochs),
+                 "--batch-size", "128", "--out", str(out / f"stolen-{pol}"), "--cache", str(out / f"thief-cache-{pol}"),
+                 "--no-eval", "--threads", str(a.threads)], env={"HEIST_API_KEYS": key})
+            thieves[pol] = {"defence_state": victim_api.account_defences(f"thief-{pol}")}
+    for pol in policies:
+        stolen = load_checkpoint(out / f"stolen-{pol}")
+        console.print(f"measuring the stolen copy of tier {pol} (linear probes, local)")
+        thieves[pol].update(cost=stolen.config.training.get("cost", {}),
+                            quality=probe_local(stolen.encoder, spec, a.probe_train_size, progress=False))
 
-    step(7, total, f"the thief hosts the stolen copy (obfuscation: {a.obfuscate})")
-    suspect_cfg = {"tiers": {"unlimited": {"outputs": ["representation"]}}}
+    step(7, total, f"each thief hosts its copy (obfuscation: {a.obfuscate}); the owner verifies the endpoint")
+    suspect_cfg: dict = {"tiers": {"unlimited": {"outputs": ["representation"]}}}
     if a.obfuscate != "none":
         suspect_cfg["obfuscation"] = {"kind": a.obfuscate, "seed": 11}
-    with serve(stolen_dir, suspect_cfg, log_path=out / "suspect-api.log") as suspect_api:
-        owner_key = suspect_api.new_account("owner", "unlimited")
-        step(8, total, "the owner verifies the suspect endpoint")
-        verify_dir = out / "verify"
-        run(["defender.cli", "verify", "--victim", str(a.victim), "--suspect", suspect_api.url, "--out", str(verify_dir), "--quiet",
-             "--wm-n", str(a.verify_n), "--align-n", str(a.verify_n), "--di-fit", str(a.verify_n),
-             "--di-private", str(a.verify_n), "--di-public", str(a.verify_n)],
-            env={"HEIST_API_KEY": owner_key})
-    ver = json.loads((verify_dir / "verify.json").read_text())
-    summary["verdicts"] = [{k: r.get(k) for k in ("method", "statistic", "value", "p_value", "verdict")} for r in ver["rows"]]
-    summary["overall_verdict"] = ver.get("overall")
+    for pol in policies:
+        with serve(out / f"stolen-{pol}", suspect_cfg, log_path=out / f"suspect-api-{pol}.log") as suspect_api:
+            owner_key = suspect_api.new_account("owner", "unlimited")
+            verify_dir = out / f"verify-{pol}"
+            run(["defender.cli", "verify", "--victim", str(a.victim), "--suspect", suspect_api.url, "--out", str(verify_dir),
+                 "--quiet", "--wm-n", str(a.verify_n), "--align-n", str(a.verify_n), "--di-fit", str(a.verify_n),
+                 "--di-private", str(a.verify_n), "--di-public", str(a.verify_n)], env={"HEIST_API_KEY": owner_key})
+        ver = json.loads((verify_dir / "verify.json").read_text())
+        thieves[pol]["verdicts"] = [{k: r.get(k) for k in ("method", "statistic", "value", "p_value", "verdict")}
+                                    for r in ver["rows"]]
+        thieves[pol]["overall_verdict"] = ver.get("overall")
+    summary["thieves"] = thieves
     summary["minutes"] = round((time.perf_counter() - t_start) / 60, 1)
 
-    step(9, total, "summary")
-    tab = Table(title=f"Encoder Heist demo - policy {a.policy}")
-    tab.add_column("who")
-    tab.add_column("what")
-    tab.add_column("value", justify="right")
-    vq = summary["victim_quality"]
-    tab.add_row("victim", f"linear probe {MAIN_TASK} (local)", f"{100 * vq.get(f'probe_{MAIN_TASK}', float('nan')):.1f}%")
-    for pol, r in legit.items():
-        tab.add_row("customer", f"3-class task via API, policy {pol}", f"{100 * r['accuracy']:.1f}%")
-    tab.add_row("thief", f"stolen copy, linear probe {MAIN_TASK}", f"{100 * stolen_q[f'probe_{MAIN_TASK}']:.1f}%")
-    tab.add_row("thief", "queries / wall time", f"{cost.get('queries')} / {cost.get('wall_seconds')} s")
-    tab.add_row("thief", "PoW hashes / seconds", f"{cost.get('pow_hashes', 0)} / {cost.get('pow_seconds', 0)} s")
-    ds = summary["thief_defence_state"]
-    tab.add_row("server", "thief's coverage / sigma / similar hits",
-                f"{ds.get('coverage', 0):.3f} / {ds.get('sigma', 0):.3g} / {ds.get('similar_hits', 0)}")
-    for v in summary["verdicts"]:
-        val = "-" if v["value"] is None else f"{v['value']:.3f}"
-        pv = "-" if v["p_value"] is None else f"{v['p_value']:.1e}"
-        tab.add_row("owner", f"{v['method']} ({v['statistic']})", f"{val}, p={pv} -> {v['verdict']}")
-    tab.add_row("owner", "overall verdict", str(summary["overall_verdict"]))
-    tab.add_row("demo", "minutes", str(summary["minutes"]))
+    step(8, total, "summary")
+    rows = summary_rows(summary, policies)
+    tab = Table(title=f"Encoder Heist demo: undefended vs policy {a.policy} ({summary['minutes']} min)")
+    for c in ("who", "what", *(f"tier {p}" for p in policies)):
+        tab.add_column(c, justify="left" if c in ("who", "what") else "right")
+    for r in rows:
+        tab.add_row(*r)
     Console().print(tab)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     md = ["# Encoder Heist demo", "", f"policy `{a.policy}`, store {summary['store']}, {summary['minutes']} min", "",
-          "| who | what | value |", "|---|---|---|"]
-    md += [f"| {w} | {what} | {v} |" for w, what, v in zip(*(c._cells for c in tab.columns), strict=True)]
+          "| who | what | " + " | ".join(f"tier {p}" for p in policies) + " |", "|---|---|" + "---|" * len(policies)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
     (out / "summary.md").write_text("\n".join(md) + "\n")
     console.print(f"summary written to {out / 'summary.json'} and {out / 'summary.md'}")
     return 0
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def summary_rows(summary: dict, policies: list[str]) -> list[list[str]]:
+    """The summary table: one column per tier (undefended, then the chosen policy)."""
+    from shared.data.synthetic import MAIN_TASK
+
+    vq = summary["victim_quality"].get(f"probe_{MAIN_TASK}")
+    cust, thieves = summary["customer"], summary["thieves"]
+    rows = [["victim", f"linear probe {MAIN_TASK} (local)", *([_pct(vq)] * len(policies))],
+            ["customer", "3-class task accuracy via API", *(_pct(cust[p]["accuracy"]) for p in policies)],
+            ["customer", "PoW hashes paid", *(str(cust[p]["pow_hashes"]) for p in policies)],
+            ["thief", f"stolen copy, linear probe {MAIN_TASK}", *(_pct(thieves[p]["quality"][f"probe_{MAIN_TASK}"]) for p in policies)],
+            ["thief", "queries / wall time", *(f"{thieves[p]['cost'].get('queries')} / {thieves[p]['cost'].get('wall_seconds')} s"
+                                               for p in policies)],
+            ["thief", "PoW hashes / seconds", *(f"{thieves[p]['cost'].get('pow_hashes', 0)} / {thieves[p]['cost'].get('pow_seconds', 0)} s"
+                                                for p in policies)],
+            ["server", "thief's coverage / sigma / similar hits",
+             *(f"{thieves[p]['defence_state'].get('coverage', 0):.3f} / {thieves[p]['defence_state'].get('sigma', 0):.3g} / "
+               f"{thieves[p]['defence_state'].get('similar_hits', 0)}" for p in policies)]]
+    methods = [v["method"] for v in thieves[policies[0]]["verdicts"]]
+    for m in methods:
+        cells = []
+        for p in policies:
+            v = next(x for x in thieves[p]["verdicts"] if x["method"] == m)
+            val = "-" if v["value"] is None else f"{v['value']:.3f}"
+            pv = "" if v["p_value"] is None else f", p={v['p_value']:.1e}"
+            cells.append(f"{val}{pv} -> {v['verdict']}")
+        stat = thieves[policies[0]]["verdicts"][methods.index(m)]["statistic"]
+        rows.append(["owner", f"{m} ({stat})", *cells])
+    rows.append(["owner", "overall verdict on the stolen copy", *(str(thieves[p]["overall_verdict"]) for p in policies)])
+    return rows
 
 
 if __name__ == "__main__":

@@ -105,15 +105,18 @@ def test_demo_end_to_end_on_a_tiny_victim(tiny_victim, tmp_path):
     assert rc == 0
     (run,) = list(out.iterdir())
     s = json.loads((run / "summary.json").read_text())
-    assert set(s["customer"]) == {"none", "b4b"}
-    assert s["thief_cost"]["queries"] == 300 and s["thief_cost"]["answers_bought_this_run"] == 300
-    assert s["thief_defence_state"]["images"] == 300
-    methods = {v["method"] for v in s["verdicts"]}
-    assert {"watermark_aligned", "dataset_inference", "similarity"} <= methods
-    assert all(v["p_value"] is None or 0 <= v["p_value"] <= 1 for v in s["verdicts"])
-    assert (run / "summary.md").read_text().count("|") > 20
-    assert (run / "stolen" / "config.json").is_file() and (run / "verify" / "verify.json").is_file()
-    assert _processes_mentioning(str(tiny_victim)) == [] and _processes_mentioning(str(run / "stolen")) == []
+    assert set(s["customer"]) == set(s["thieves"]) == {"none", "b4b"}
+    for pol, t in s["thieves"].items():
+        assert t["cost"]["queries"] == 300 and t["cost"]["answers_bought_this_run"] == 300, pol
+        assert t["defence_state"]["images"] == 300 and t["defence_state"]["tier"] == f"policy-{pol}"
+        assert {"watermark_aligned", "dataset_inference", "similarity"} <= {v["method"] for v in t["verdicts"]}
+        assert all(v["p_value"] is None or 0 <= v["p_value"] <= 1 for v in t["verdicts"])
+        assert t["overall_verdict"] in ("stolen", "independent")
+        assert (run / f"stolen-{pol}" / "config.json").is_file() and (run / f"verify-{pol}" / "verify.json").is_file()
+    assert s["thieves"]["b4b"]["defence_state"]["coverage"] > 0 and s["thieves"]["none"]["defence_state"]["coverage"] == 0
+    md = (run / "summary.md").read_text()
+    assert "| tier none | tier b4b |" in md and "overall verdict" in md
+    assert _processes_mentioning(str(tiny_victim)) == [] and _processes_mentioning(str(run)) == []
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
