@@ -24,7 +24,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from attacker.cache import QueryCache
@@ -136,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{a.out}.md").write_text(f"# Stealing table\n\n{head}\n\nCommand: `{cmd}`\n\n```\n{txt}\n```\n")
     plot_accuracy(res["rows"], RESULTS / f"{a.out.replace('table', 'accuracy_vs_queries')}.png", victim["probe_shape"])
-    _ = np
     return 0
 
 

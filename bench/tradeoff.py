@@ -24,7 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from attacker.cache import QueryCache
@@ -156,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
                                          f"Attacker: {a.loss}, {a.queries} queries of the attack split, {a.epochs} epochs; "
                                          f"customer: {LegitTask()}.\n\n```\n{txt}\n```\n\n{verdict}\n")
     plot(rows, RESULTS / "tradeoff.png")
-    _ = np
     return 0
 
 
