@@ -18,13 +18,14 @@ import uuid
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import numpy as np
 import pydantic_core
 from fastapi import Depends, FastAPI, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import logs
@@ -167,12 +168,20 @@ class ServerState:
         self.metrics = Metrics(config.max_batch)
         self.model = model
         self.batcher: Batcher | None = None
+        self._decode_limiter: anyio.CapacityLimiter | None = None
         self.obfuscator: Obfuscator | None = None
         self.limits = ImageLimits(formats=config.allowed_formats, max_pixels=config.max_image_pixels,
                                   max_bytes=config.max_image_bytes)
         ctx = DefenceContext(store=store, secret=config.secret_bytes(), metrics=self.metrics)
         self.pipelines: dict[str, DefencePipeline] = {t: build_pipeline(t, tc, ctx) for t, tc in config.tiers.items()}
         self.model_id = config.model_id or (config.checkpoint.name if config.checkpoint else "encoder")
+
+    @property
+    def decode_limiter(self) -> anyio.CapacityLimiter:
+        """Bounds concurrent image decoding (made on first use, inside the event loop)."""
+        if self._decode_limiter is None:
+            self._decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)
+        return self._decode_limiter
 
     def load(self) -> None:
         device = resolve_device(self.config.device)
@@ -328,7 +337,8 @@ def create_app(config: ServerConfig, model: Checkpoint | None = None, store: Acc
         if decision is not None:
             raise ApiError(decision.status, decision.type, decision.message, decision.param, decision.retry_after, decision.extra)
         try:
-            images = await run_in_threadpool(preprocess, payload.input, state.model.config.input_size, state.limits)
+            images = await anyio.to_thread.run_sync(preprocess, payload.input, state.model.config.input_size, state.limits,
+                                                    limiter=state.decode_limiter)
         except ImageError as e:
             raise ApiError(e.status, e.type, str(e), e.param) from None
         want_proj = payload.output == "projection" or pipeline.needs_projections

@@ -84,6 +84,8 @@ class ServerConfig(BaseModel):
     max_batch: int = Field(default=64, ge=1, le=4096)
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
     max_queue_images: int = Field(default=4096, ge=1, description="beyond this, 503 (overloaded)")
+    decode_threads: int = Field(default=2, ge=1, le=256, description="threads decoding request images at once; "
+                                "more only steal CPU from inference on a small machine")
     # limits
     max_images_per_request: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -152,6 +154,7 @@ ENV = {
     "HEIST_JIT": "jit",
     "HEIST_MAX_BATCH": "max_batch",
     "HEIST_MAX_WAIT_MS": "max_wait_ms",
+    "HEIST_DECODE_THREADS": "decode_threads",
     "HEIST_MAX_IMAGES_PER_REQUEST": "max_images_per_request",
     "HEIST_MAX_BODY_BYTES": "max_body_bytes",
     "HEIST_MAX_IMAGE_PIXELS": "max_image_pixels",
