@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     policies = ["none"] if a.policy == "none" else ["none", a.policy]
     tiers = policy_tiers(policies, profile, representation_scale(a.victim))
     summary: dict = {"policy": a.policy, "store": "redis" if redis_url else "embedded", "victim": str(a.victim),
-                     "victim_quality": {k: v for k, v in victim_metrics.items() if k.startswith("probe_") or k == "watermark_accuracy"}}
+                     "victim_quality": {k: v for k, v in victim_metrics.items() if k.startswith(("probe_", "watermark"))}}
 
     step(4, total, f"victim API ({summary['store']} store), tiers {', '.join(tiers)}")
     with serve(a.victim, {"tiers": tiers, "max_images_per_request": 64}, redis_url=redis_url,
