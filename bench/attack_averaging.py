@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
-import socket
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +28,14 @@ from attacker.cache import QueryCache
 from attacker.queries import acquire, load_query_set
 from bench._common import RESULTS, table, write_json
 from bench.attack_table import local_victim
-from testbed.services import new_key
+from testbed.services import ThreadedServer, new_key
 
 
-class FreshNoiseApp:
+class FreshNoiseApp(ThreadedServer):
     """The victim behind a minimal v1 embeddings endpoint adding FRESH Gaussian noise to every answer."""
 
     def __init__(self, checkpoint: str, mean: float, sigma: float) -> None:
         import torch
-        import uvicorn
 
         from shared.checkpoint import load_checkpoint
         from shared.images import ImageLimits, preprocess
@@ -68,22 +64,7 @@ class FreshNoiseApp:
                     "data": [{"object": "embedding", "index": i, "embedding": encode_embedding(v, payload.get("encoding_format", "float"))}
                              for i, v in enumerate(y)]}
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(app)
 
 
 def rel_err(a: np.ndarray, clean: np.ndarray) -> float:

@@ -46,6 +46,15 @@ def markdown(rep: VerifyReport) -> str:
     return "\n".join(lines)
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plots(rep: VerifyReport, out: Path) -> list[Path]:
     import matplotlib
 
@@ -65,11 +74,7 @@ def plots(rep: VerifyReport, out: Path) -> list[Path]:
         ax.set_title(f"dataset inference: t={di.value:.2f}, p={di.p_value:.2e}" if di and di.value is not None else "dataset inference")
         ax.set_xlabel("GMM log-likelihood of the suspect's representation")
         ax.legend()
-        fig.tight_layout()
-        p = out / "loglik_hist.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        made.append(p)
+        made.append(_save(fig, out / "loglik_hist.png"))
     wm = [(m, a[f"{m}_accuracy"], a[f"{m}_n"]) for m in ("watermark", "watermark_aligned") if f"{m}_accuracy" in a]
     if wm:
         fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -81,11 +86,7 @@ def plots(rep: VerifyReport, out: Path) -> list[Path]:
         ax.set_ylim(0, 1)
         ax.set_ylabel("watermark accuracy (95% CI)")
         ax.legend()
-        fig.tight_layout()
-        p = out / "watermark.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        made.append(p)
+        made.append(_save(fig, out / "watermark.png"))
     return made
 
 

@@ -49,6 +49,35 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, log_path: Path | 
     raise TimeoutError(f"{url}{path} not ready after {timeout_s:.0f} s")
 
 
+class ThreadedServer:
+    """An ASGI app served by uvicorn in a daemon thread on a free loopback port (small stand-in
+    servers for tests and benches). Use as a context manager; ``url`` is set at construction."""
+
+    def __init__(self, app, start_timeout_s: float = 10.0) -> None:
+        import threading
+
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.start_timeout_s = start_timeout_s
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"in-thread server at {self.url} did not start within {self.start_timeout_s:.0f} s")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
 @dataclass
 class Server:
     url: str

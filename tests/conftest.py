@@ -20,7 +20,6 @@ def data_root(tmp_path_factory: pytest.TempPathFactory):
 
 # ---- victim API (server) fixtures: real redis-server, real uvicorn subprocesses --------------------
 
-import contextlib  # noqa: E402
 import json  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
@@ -47,21 +46,12 @@ SERVER_TEST_CONFIG = {
 }
 
 
-from testbed.services import free_port  # noqa: E402,F401  (re-exported for the tests)
+from testbed.services import free_port, wait_ready  # noqa: E402,F401  (free_port re-exported for the tests)
 
 
 def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not up after {timeout} s")
+    """Poll ``url`` until it answers 200 (testbed.services.wait_ready, the demo's and benches' own)."""
+    wait_ready(url, proc, timeout_s=timeout, path="")
 
 
 class RedisServer:

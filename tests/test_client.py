@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import socket
 import threading
 import time
 
@@ -23,6 +22,7 @@ import torch
 from fastapi import FastAPI, Request  # module level: FastAPI resolves annotations from globals
 
 from shared.client import ApiAuthError, ApiClient, ApiGiveUp, ApiRequestError, BudgetExceeded
+from testbed.services import ThreadedServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -146,11 +146,10 @@ def subprocess_redis_shutdown(port: int) -> None:
 
 # ---- proof of work -------------------------------------------------------------------------------
 
-class PowApp:
+class PowApp(ThreadedServer):
     """A small real uvicorn app implementing the 428 contract with shared.pow (tokens spent once)."""
 
     def __init__(self, bits: int) -> None:
-        import uvicorn
         from fastapi.responses import JSONResponse
 
         from shared import pow as hashcash
@@ -198,24 +197,7 @@ class PowApp:
                     "data": [{"object": "embedding", "index": i, "embedding": encode_embedding(v.numpy(), payload["encoding_format"])}
                              for i, v in enumerate(vecs)]}
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> PowApp:
-        self.thread.start()
-        for _ in range(200):
-            if self.server.started:
-                return self
-            time.sleep(0.02)
-        raise RuntimeError("pow app did not start")
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__init__(app, start_timeout_s=4.0)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
