@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import logging
 import re
+import sys
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -195,6 +196,12 @@ class ServerState:
             import torch
 
             torch.set_num_threads(self.config.torch_threads)
+        if self.config.faiss_threads is not None:
+            import faiss
+
+            faiss.omp_set_num_threads(self.config.faiss_threads)
+        if self.config.switch_interval_ms is not None:  # process-wide: the batcher thread gets the GIL back sooner
+            sys.setswitchinterval(self.config.switch_interval_ms / 1000)
         self.batcher = Batcher(self.model, device, self.config.max_batch, self.config.max_wait_ms,
                                self.config.max_queue_images, on_batch=self.metrics.on_batch, jit=self.config.jit)
         self.batcher.start()

@@ -1,7 +1,9 @@
 """Micro-batching inference in one worker thread, off the event loop.
 
 Requests put their preprocessed images (uint8 NHWC) on a queue; the worker takes the first job,
-then keeps collecting until ``max_batch`` images or ``max_wait_ms`` have passed, runs ONE forward
+then keeps collecting until ``max_batch`` images or until that first job has waited ``max_wait_ms``
+since it was queued (under load it already waited through the previous forward pass, so the
+worker does not idle), runs ONE forward
 pass (encoder, plus head when any job wants projections) and hands every job its slice through an
 asyncio future. A job larger than ``max_batch`` runs alone, in chunks.
 """
@@ -48,6 +50,7 @@ class _Job:
     images: np.ndarray
     projections: bool
     future: Future = field(default_factory=Future)
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class Batcher:
@@ -111,7 +114,7 @@ class Batcher:
 
     # ---- worker ------------------------------------------------------------------------------
     def _collect(self, first: _Job) -> tuple[list[_Job], _Job | None, bool]:
-        jobs, total, deadline = [first], len(first.images), time.monotonic() + self.max_wait
+        jobs, total, deadline = [first], len(first.images), first.queued_at + self.max_wait
         while total < self.max_batch:
             remaining = deadline - time.monotonic()
             try:

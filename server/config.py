@@ -86,6 +86,13 @@ class ServerConfig(BaseModel):
     max_queue_images: int = Field(default=4096, ge=1, description="beyond this, 503 (overloaded)")
     decode_threads: int = Field(default=2, ge=1, le=256, description="threads decoding request images at once; "
                                 "more only steal CPU from inference on a small machine")
+    faiss_threads: int | None = Field(default=1, ge=1, le=256, description=(
+        "OpenMP threads of a FAISS search (similar-query defence). One request searches a few vectors; "
+        "more threads only spin against the inference thread. None: FAISS's default (all cores)."))
+    switch_interval_ms: float | None = Field(default=0.2, gt=0, le=100, description=(
+        "Python's GIL switch interval for the server process (sys.setswitchinterval; Python's default is 5 ms). "
+        "The inference thread needs the GIL back after every forward pass; while the event loop runs Python it "
+        "waits up to this long. None leaves the interpreter's setting alone."))
     # limits
     max_images_per_request: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -155,6 +162,8 @@ ENV = {
     "HEIST_MAX_BATCH": "max_batch",
     "HEIST_MAX_WAIT_MS": "max_wait_ms",
     "HEIST_DECODE_THREADS": "decode_threads",
+    "HEIST_SWITCH_INTERVAL_MS": "switch_interval_ms",
+    "HEIST_FAISS_THREADS": "faiss_threads",
     "HEIST_MAX_IMAGES_PER_REQUEST": "max_images_per_request",
     "HEIST_MAX_BODY_BYTES": "max_body_bytes",
     "HEIST_MAX_IMAGE_PIXELS": "max_image_pixels",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 
 import numpy as np
 import pytest
@@ -69,6 +70,34 @@ def test_commit_is_atomic_and_rate_limit_exact_under_concurrency(store):
         assert (await store.commit(acct.id, RequestRecord(6), img_limit)).status == "rate_limited"
         if hasattr(store, "r"):
             await store.close()
+    run(go())
+
+
+def test_embedded_store_windows_roll_over_and_spent_tokens_expire():
+    """The embedded store on an injected clock: a new rate window starts empty, a spent PoW token
+    stays spent until its TTL, then is forgotten (and the store holds no expired tokens)."""
+    from server.store.memory import MemoryStore
+
+    now = [1000.0]
+    store = MemoryStore(clock=lambda: now[0])
+
+    async def go():
+        acct, _ = make_account("carol", "free")
+        await store.add(acct)
+        limit = RateLimit(window_s=60, requests=2)
+        assert [(await store.commit(acct.id, RequestRecord(1), limit)).status for _ in range(3)] == ["ok", "ok", "rate_limited"]
+        now[0] += 60  # next window
+        assert (await store.commit(acct.id, RequestRecord(1), limit)).status == "ok"
+        assert (await store.usage(acct.id)).requests == 3
+        assert await store.spend_token("t1", 10) and not await store.spend_token("t1", 10)
+        now[0] += 5
+        assert not await store.spend_token("t1", 10)  # still inside its TTL: a replay
+        assert await store.spend_token("t2", 100)
+        now[0] += 6
+        assert await store.spend_token("t3", 100)  # t1 expired: forgotten on this call
+        assert set(store._spent) == {"t2", "t3"}
+        assert await store.spend_token("t1", 10)  # an expired token id is new again (its HMAC expiry refuses it anyway)
+
     run(go())
 
 
@@ -157,6 +186,24 @@ def test_batcher_batches_distinct_requests(tiny_checkpoint):
         if projs is not None:
             np.testing.assert_allclose(projs, ref_p, rtol=1e-4, atol=1e-5)
     assert max(sizes) > 4 and sum(sizes) == sum(len(j) for j in jobs) and b.queued_images == 0
+
+
+def test_batcher_wait_counts_from_when_the_first_job_was_queued(tiny_checkpoint):
+    """max_wait bounds how long a request waits for company, counted from when it was queued: a job
+    that already waited (behind the previous forward pass) is batched with what is there, at once."""
+    from server.batcher import Batcher, _Job
+    from shared.checkpoint import load_checkpoint
+
+    b = Batcher(load_checkpoint(tiny_checkpoint), torch.device("cpu"), max_batch=64, max_wait_ms=300)
+    img = np.zeros((2, 32, 32, 3), np.uint8)
+    waited = _Job(img, False, queued_at=time.monotonic() - 1.0)
+    b._q.put(_Job(img, False))  # already queued: joins the batch
+    t0 = time.monotonic()
+    jobs, carry, stop = b._collect(waited)
+    assert time.monotonic() - t0 < 0.1 and len(jobs) == 2 and carry is None and not stop
+    t0 = time.monotonic()
+    jobs, _, _ = b._collect(_Job(img, False))  # fresh and alone: waits its max_wait for company
+    assert 0.25 < time.monotonic() - t0 < 1.0 and len(jobs) == 1
 
 
 def test_frozen_batcher_matches_eager_model(tiny_checkpoint):

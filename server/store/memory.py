@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import defaultdict, deque
@@ -31,13 +32,14 @@ class MemoryStore(AccountStore):
         self._by_key: dict[str, str] = {}
         self._by_name: dict[str, str] = {}
         self._usage: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self._windows: dict[tuple[str, int], list[int]] = {}
+        self._windows: dict[str, tuple[int, list[int]]] = {}  # account -> (window index, [requests, images])
         self._gauges: dict[str, dict[str, float]] = defaultdict(dict)
         self._history: dict[str, deque[HistoryEntry]] = {}
         self._global: deque[HistoryEntry] = deque()
         self._seq = 0
         self._bitmaps: dict[str, bytearray] = defaultdict(bytearray)
         self._spent: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []  # heap of (expiry, token) over _spent
         self._pairs: dict[str, int] = defaultdict(int)
 
     async def add(self, account: Account) -> None:
@@ -73,9 +75,10 @@ class MemoryStore(AccountStore):
 
     def _window(self, account_id: str, limit: RateLimit) -> tuple[list[int], float]:
         idx, retry = window_state(self._clock(), limit.window_s)
-        for k in [k for k in self._windows if k[0] == account_id and k[1] < idx]:
-            del self._windows[k]
-        return self._windows.setdefault((account_id, idx), [0, 0]), retry
+        current = self._windows.get(account_id)
+        if current is None or current[0] != idx:  # a new window: the old one is dropped
+            current = self._windows[account_id] = (idx, [0, 0])
+        return current[1], retry
 
     async def rate_check(self, account_id: str, limit: RateLimit, images: int) -> float | None:
         with self._lock:
@@ -144,11 +147,14 @@ class MemoryStore(AccountStore):
     async def spend_token(self, token_id: str, ttl_s: float) -> bool:
         with self._lock:
             now = self._clock()
-            for k in [k for k, exp in self._spent.items() if exp <= now]:
-                del self._spent[k]
-            if token_id in self._spent:
+            if token_id in self._spent and self._spent[token_id] > now:
                 return False
             self._spent[token_id] = now + max(1.0, ttl_s)
+            heapq.heappush(self._expiry, (self._spent[token_id], token_id))
+            while self._expiry and self._expiry[0][0] <= now:  # forget expired tokens, oldest first
+                exp, tok = heapq.heappop(self._expiry)
+                if self._spent.get(tok) == exp:
+                    del self._spent[tok]
             return True
 
     async def add_counters(self, account_id: str, counters: dict[str, int]) -> None:
@@ -161,7 +167,7 @@ class MemoryStore(AccountStore):
         with self._lock:
             stats = dict(self._gauges.get(account_id, {}))
             stats["history_len"] = float(len(self._history.get(account_id, ())))
-            stats["coverage_bits"] = float(sum(bin(b).count("1") for b in self._bitmaps.get(account_id, b"")))
+            stats["coverage_bits"] = float(int.from_bytes(self._bitmaps.get(account_id, b""), "big").bit_count())
             return stats
 
     async def sybil_pairs(self, limit: int = 20) -> list[tuple[str, int]]:
