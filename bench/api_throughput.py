@@ -32,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import wait_ready  # noqa: E402
+from bench._common import RawHttpConnection, process_cpu_seconds, wait_ready  # noqa: E402
 from server.batcher import frozen  # noqa: E402
 from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint  # noqa: E402
 from shared.images import encode_image  # noqa: E402
@@ -49,30 +49,59 @@ def _pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs) * 1000, q)) if xs else float("nan")
 
 
-async def _api_level(url: str, key: str, bodies: list[bytes], n_img: int, conc: int, seconds: float) -> dict:
+async def _api_level(url: str, key: str, bodies: list[bytes], n_img: int, conc: int, seconds: float,
+                     client: str = "raw", server_pid: int | None = None) -> dict:
+    """Keep ``conc`` requests in flight for ``seconds``; images/s, latency, and the CPU both sides used."""
     lat: list[float] = []
     done = 0
     errors = 0
-    stop_at = time.perf_counter() + seconds
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    host, port = url.removeprefix("http://").split(":")
+    raws = [RawHttpConnection.build("POST", "/v1/embeddings", b, headers) for b in bodies]
+    conns = [RawHttpConnection(host, int(port)) for _ in range(conc)]
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60,
-                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}) as c:
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60, headers=headers) as c:
+        async def send(i: int, j: int) -> int:
+            if client == "raw":
+                return (await conns[i].request(raws[j % len(raws)]))[0]
+            return (await c.post("/v1/embeddings", content=bodies[j % len(bodies)])).status_code
+
+        for i in range(conc):  # connect (and warm up) before the clock starts
+            await send(i, i)
+        cpu0, srv0 = time.process_time(), process_cpu_seconds(server_pid) if server_pid else float("nan")
+        t_start = time.perf_counter()
+        stop_at = t_start + seconds
+
         async def worker(i: int):
             nonlocal done, errors
             j = i
             while time.perf_counter() < stop_at:
                 t0 = time.perf_counter()
-                r = await c.post("/v1/embeddings", content=bodies[j % len(bodies)])
+                status = await send(i, j)
                 lat.append(time.perf_counter() - t0)
-                if r.status_code == 200:
+                if status == 200:
                     done += n_img
                 else:
                     errors += 1
                 j += conc
-        await asyncio.gather(*[worker(i) for i in range(conc)])  # warm-up round is the first second's cost
-        t1 = time.perf_counter()
-    elapsed = max(1e-9, t1 - (stop_at - seconds))
-    return {"images_per_s": done / elapsed, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "requests": len(lat), "errors": errors}
+        await asyncio.gather(*[worker(i) for i in range(conc)])
+        elapsed = max(1e-9, time.perf_counter() - t_start)
+        cpu1, srv1 = time.process_time(), process_cpu_seconds(server_pid) if server_pid else float("nan")
+    for conn in conns:
+        await conn.close()
+    return {"images_per_s": done / elapsed, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99), "requests": len(lat),
+            "errors": errors, "client": client, "client_cpu": (cpu1 - cpu0) / elapsed, "server_cpu": (srv1 - srv0) / elapsed}
+
+
+def _batch_stats(url: str) -> tuple[float, float, float]:
+    """(forward passes, images, forward seconds) so far, from the server's Prometheus metrics."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    vals = {}
+    for line in text.splitlines():
+        for name in ("heist_batch_images_count", "heist_batch_images_sum", "heist_batch_seconds_sum"):
+            if line.startswith(name + " "):
+                vals[name] = float(line.split()[1])
+    return vals.get("heist_batch_images_count", 0.0), vals.get("heist_batch_images_sum", 0.0), vals.get("heist_batch_seconds_sum", 0.0)
 
 
 def _inproc_level(encoder: torch.nn.Module, images: np.ndarray, batch: int, seconds: float) -> dict:
@@ -106,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (server and baseline alike)")
     p.add_argument("--no-jit", action="store_true", help="eager PyTorch in the server (HEIST_JIT=0) and in the baseline")
+    p.add_argument("--switch-interval-ms", type=float, help="the server's GIL switch interval (default: the server's, 0.2 ms; "
+                   "Python's own default is 5)")
     p.add_argument("--redis", help="redis:// URL (default: the embedded store)")
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                   help="load generator: raw = pre-built HTTP/1.1 requests on keep-alive sockets (little client CPU); "
+                        "httpx = the project's client library")
     p.add_argument("--quick", action="store_true", help="width-8 model, 1.5 s per level: checks the script works")
     p.add_argument("--out", default=str(REPO / "results" / "api_throughput.json"))
     args = p.parse_args(argv)
@@ -143,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.redis:
         env["REDIS_URL"] = args.redis
     env["HEIST_JIT"] = "0" if args.no_jit else "1"
+    if args.switch_interval_ms is not None:
+        env["HEIST_SWITCH_INTERVAL_MS"] = str(args.switch_interval_ms)
     (tmp / "server.json").write_text(json.dumps({"max_images_per_request": max(64, n_img)}))
     cmd = [sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(ck_dir), "--port", str(port), "--config", str(tmp / "server.json"),
            "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu"]
@@ -154,27 +190,35 @@ def main(argv: list[str] | None = None) -> int:
         key = httpx.post(url + "/v1/admin/accounts", json={"name": "bench", "tier": "unlimited"},
                          headers={"Authorization": f"Bearer {admin}"}).json()["api_key"]
         for conc in args.concurrency:
-            api = asyncio.run(_api_level(url, key, bodies, n_img, conc, args.seconds))
+            b0 = _batch_stats(url)
+            api = asyncio.run(_api_level(url, key, bodies, n_img, conc, args.seconds, args.client, proc.pid))
+            b1 = _batch_stats(url)
+            passes, imgs, fwd_s = (y - x for x, y in zip(b0, b1, strict=True))
+            api["mean_batch"] = imgs / passes if passes else float("nan")
+            api["forward_ms_per_image"] = 1000 * fwd_s / imgs if imgs else float("nan")
             batch = min(args.max_batch, conc * n_img)
             ref = _inproc_level(encoder, images, batch, args.seconds)
+            ref["forward_ms_per_image"] = 1000 / ref["images_per_s"]
             rows.append({"concurrency": conc, "api": api, "in_process": ref, "ratio": api["images_per_s"] / ref["images_per_s"]})
     finally:
         proc.terminate()
         proc.wait(15)
 
     print(f"model {ck.config.arch} width {ck.config.width} ({ck_dir.name}), {n_img} images/request, PNG base64 in, "
-          f"base64 float32 out, torch threads {threads}, {os.cpu_count()} CPUs, store {'redis' if args.redis else 'embedded'}")
-    print(f"{'conc':>4} | {'API img/s':>10} {'p50 ms':>8} {'p99 ms':>8} | {'in-proc img/s':>13} {'batch':>5} {'p50 ms':>8} {'p99 ms':>8} | {'API/in-proc':>11}")
+          f"base64 float32 out, torch threads {threads}, {os.cpu_count()} CPUs, store {'redis' if args.redis else 'embedded'}, "
+          f"{args.client} load client (CPU columns: cores busy in the server / in the load client)")
+    print(f"{'conc':>4} | {'API img/s':>10} {'p50 ms':>8} {'p99 ms':>8} | {'in-proc img/s':>13} {'batch':>5} {'p50 ms':>8} {'p99 ms':>8} | {'API/in-proc':>11} | {'srv CPU':>7} {'cli CPU':>7} | {'batch':>5} {'fwd ms/img':>10} {'in-proc':>7}")
     for r in rows:
         a, b = r["api"], r["in_process"]
         print(f"{r['concurrency']:>4} | {a['images_per_s']:>10.1f} {a['p50_ms']:>8.1f} {a['p99_ms']:>8.1f} | "
-              f"{b['images_per_s']:>13.1f} {b['batch']:>5d} {b['p50_ms']:>8.1f} {b['p99_ms']:>8.1f} | {r['ratio']:>10.1%}")
+              f"{b['images_per_s']:>13.1f} {b['batch']:>5d} {b['p50_ms']:>8.1f} {b['p99_ms']:>8.1f} | {r['ratio']:>10.1%} | {a['server_cpu']:>7.2f} {a['client_cpu']:>7.2f} | "
+              f"{a['mean_batch']:>5.1f} {a['forward_ms_per_image']:>10.3f} {b['forward_ms_per_image']:>7.3f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(["bench/api_throughput.py", *(argv or sys.argv[1:])]),
                                "model": {"arch": ck.config.arch, "width": ck.config.width, "checkpoint": str(ck_dir)},
                                "images_per_request": n_img, "seconds_per_level": args.seconds, "torch_threads": threads, "jit": not args.no_jit,
-                               "cpus": os.cpu_count(), "store": "redis" if args.redis else "embedded",
+                               "cpus": os.cpu_count(), "client": args.client, "switch_interval_ms": args.switch_interval_ms or 0.2, "store": "redis" if args.redis else "embedded",
                                "cuda": torch.cuda.is_available(), "rows": rows}, indent=2))
     print(f"wrote {out}")
     return 0
