@@ -7,7 +7,9 @@ One ``heist-server serve`` (real uvicorn, embedded store unless --redis) with on
 (and ``all``: noise + similar_query + b4b with affine transform + calibrated pow). Clients are
 legitimate-shaped (3 shape classes of the ``test`` split, distinct images, 8 per request, 8 in
 flight); an account that gets a 428 is replaced by a fresh one (a legitimate user stays inside the
-profile; the gate's cost is still paid on every request). Rounds interleave the tiers so load drift
+profile; the gate's cost is still paid on every request). The load client sends pre-built requests
+on keep-alive sockets (bench/_common.RawHttpConnection), so it takes little CPU from the server it
+measures on a 2-core machine. Rounds interleave the tiers so load drift
 from other processes hits all alike. Target: ``all`` >= 75 % of ``none``. Writes results/defence_overhead.json.
 """
 
@@ -30,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import table, wait_ready, write_json  # noqa: E402
+from bench._common import RawHttpConnection, table, wait_ready, write_json  # noqa: E402
 from server.defences.profile import legit_streams  # noqa: E402
 from shared.data.synthetic import DataSpec, load_split  # noqa: E402
 from shared.images import encode_image  # noqa: E402
@@ -54,28 +56,31 @@ def tiers(profile: str) -> dict:
 
 
 async def level(url: str, admin: str, tier: str, bodies: list[bytes], conc: int, seconds: float) -> dict:
+    """``conc`` legitimate-shaped clients on ``tier`` for ``seconds`` (raw keep-alive HTTP, see bench/_common)."""
     done = errors = rotated = 0
+    host, port = url.removeprefix("http://").split(":")
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-        async def new_key() -> str:
+        async def new_key() -> list[bytes]:
             r = await c.post("/v1/admin/accounts", json={"name": f"b-{secrets.token_hex(5)}", "tier": tier},
                              headers={"Authorization": f"Bearer {admin}"})
-            return r.json()["api_key"]
+            headers = {"Authorization": f"Bearer {r.json()['api_key']}", "Content-Type": "application/json"}
+            return [RawHttpConnection.build("POST", "/v1/embeddings", b, headers) for b in bodies]
 
         stop_at = time.perf_counter() + seconds
 
         async def worker(i: int):
             nonlocal done, errors, rotated
-            key, j = await new_key(), i
+            conn, raws, j = RawHttpConnection(host, int(port)), await new_key(), i
             while time.perf_counter() < stop_at:
-                r = await c.post("/v1/embeddings", content=bodies[j % len(bodies)],
-                                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-                if r.status_code == 200:
+                status, _ = await conn.request(raws[j % len(raws)])
+                if status == 200:
                     done += 8
-                elif r.status_code == 428:
-                    key, rotated = await new_key(), rotated + 1
+                elif status == 428:
+                    raws, rotated = await new_key(), rotated + 1
                 else:
                     errors += 1
                 j += conc
+            await conn.close()
         t0 = time.perf_counter()
         await asyncio.gather(*[worker(i) for i in range(conc)])
         return {"images_per_s": done / (time.perf_counter() - t0), "errors": errors, "rotated": rotated}
@@ -89,6 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--redis", help="redis:// URL (default: embedded store)")
+    p.add_argument("--tiers", nargs="+", help="only these tiers (none is always measured: the reference)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -98,7 +104,13 @@ def main(argv=None) -> int:
     enc = [encode_image(test.images[i], "PNG") for i in idx[:2048]]
     bodies = [json.dumps({"input": enc[k:k + 8], "encoding_format": "base64"}).encode() for k in range(0, len(enc) - 7, 8)]
     tmp = Path(tempfile.mkdtemp(prefix="heist-overhead-"))
-    conf = {"max_images_per_request": 64, "max_wait_ms": 2, "tiers": tiers(args.profile)}
+    all_tiers = tiers(args.profile)
+    if args.tiers:
+        unknown = set(args.tiers) - set(all_tiers)
+        if unknown:
+            p.error(f"unknown tiers {sorted(unknown)}; choose from {sorted(all_tiers)}")
+        all_tiers = {t: v for t, v in all_tiers.items() if t == "none" or t in args.tiers}
+    conf = {"max_images_per_request": 64, "max_wait_ms": 2, "tiers": all_tiers}
     (tmp / "server.json").write_text(json.dumps(conf))
     admin = secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}

@@ -27,7 +27,7 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 
 class VectorIndex:
-    def __init__(self, dim: int, metric: Metric = "cosine", maxlen: int | None = None, switch_at: int = 20_000,
+    def __init__(self, dim: int, metric: Metric = "cosine", maxlen: int | None = None, switch_at: int = 5_000,
                  nprobe: int = 16) -> None:
         if metric not in ("cosine", "l2"):
             raise ValueError(f"metric must be cosine or l2, got {metric!r}")

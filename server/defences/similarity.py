@@ -102,7 +102,8 @@ class SimilarQuery(Defence):
         global_history: int = Field(default=1_000_000, ge=1, le=100_000_000)
         sybil_tau: float | None = Field(default=None, description="default: tau")
         sybil_action: Literal["flag", "noise", "refuse"] = "flag"
-        switch_at: int = Field(default=20_000, ge=1000, description="history size where flat search gives way to IVF")
+        switch_at: int = Field(default=5_000, ge=1000, description="history size where flat search gives way to IVF "
+                               "(bench/faiss_lookup.py: flat costs ~5 us per query per 1,000 vectors here)")
         nprobe: int = Field(default=16, ge=1)
 
         @model_validator(mode="after")
