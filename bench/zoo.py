@@ -16,7 +16,9 @@ Suspects (whatever exists under runs/ is used; what is missing is listed, never 
   copy and of the independent encoders: output transforms from shared/transforms.py, keyed.
 
 Usage: ``nice -n 10 python -m bench.zoo [--steal] [--losses mse infonce softnn] [--budgets 2000 8000]``.
-Writes results/zoo.json and results/zoo.md.
+Writes results/zoo.json and results/zoo.md. ``--runs DIR`` reads (and makes) the stolen copies and the
+independents under another folder, e.g. the dataset-inference victim's zoo (``--runs runs/di --victim
+runs/di/victim --out zoo_di``; see docs/defender.md).
 """
 
 from __future__ import annotations
@@ -49,12 +51,12 @@ def steal_all(args: argparse.Namespace) -> None:
         key = srv.new_account("zoo-attacker", "unlimited")
         for loss in args.losses:
             for n in args.budgets:
-                out = RUNS / f"stolen-{loss}-{n}"
+                out = args.runs / f"stolen-{loss}-{n}"
                 if (out / "config.json").exists():
                     continue
                 cmd = ["heist-attack", "steal", "--url", srv.url, "--queries", str(n), "--loss", loss,
                        "--query-set", "attack", "--arch", "resnet18", "--width", "16", "--epochs", str(args.epochs),
-                       "--out", str(out), "--cache", str(RUNS / "steal-cache"), "--no-eval"]
+                       "--out", str(out), "--cache", str(args.runs / "steal-cache"), "--no-eval"]
                 print("$", " ".join(cmd), flush=True)
                 subprocess.run([sys.executable, "-m", "attacker.cli", *cmd[1:]], cwd=REPO, check=True,
                                env={**os.environ, "HEIST_API_KEYS": key})
@@ -64,21 +66,21 @@ def suspects(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     found, missing = [{"name": "victim", "path": args.victim, "truth": "stolen", "group": "victim"}], []
     for loss in args.losses:
         for n in args.budgets:
-            p = RUNS / f"stolen-{loss}-{n}"
+            p = args.runs / f"stolen-{loss}-{n}"
             if (p / "config.json").exists():
                 found.append({"name": p.name, "path": p, "truth": "stolen", "group": f"stolen/{n}"})
             else:
                 missing.append(f"{p.name} (make it with --steal)")
     extra = [] if args.no_extra else sorted(
-        p for p in RUNS.glob("stolen-*") if (p / "config.json").exists() and p.name not in {s["name"] for s in found})
+        p for p in args.runs.glob("stolen-*") if (p / "config.json").exists() and p.name not in {s["name"] for s in found})
     found += [{"name": p.name, "path": p, "truth": "stolen", "group": "stolen/other"} for p in extra]
-    for p in sorted(RUNS.glob("independent-*")):
+    for p in sorted(args.runs.glob("independent-*")):
         if (p / "config.json").exists():
             found.append({"name": p.name, "path": p, "truth": "independent", "group": "independent"})
         else:
             missing.append(f"{p.name} (no config.json yet: still training?)")
     for want in ("independent-dataseed1", "independent-shifted"):
-        if not (RUNS / want).exists():
+        if not (args.runs / want).exists():
             missing.append(f"{want} (heist-server train --kind independent --no-watermark ...)")
     out = list(found)
     for s in found:
@@ -90,6 +92,10 @@ def suspects(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--victim", type=Path, default=RUNS / "victim")
+    ap.add_argument("--runs", type=Path, default=RUNS, help="folder of the stolen-* copies and independent-* encoders")
+    ap.add_argument("--out", default="zoo", help="results/<out>.json and results/<out>.md")
+    ap.add_argument("--di-components", default="auto", help="GMM components of dataset inference (an integer or auto)")
+    ap.add_argument("--di-public", type=int, help="public images scored by dataset inference (default: --di-n)")
     ap.add_argument("--steal", action="store_true", help="make missing stolen copies with heist-attack steal over HTTP first")
     ap.add_argument("--losses", nargs="+", default=["mse", "infonce", "softnn"])
     ap.add_argument("--budgets", nargs="+", type=int, default=[2000, 8000])
@@ -114,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steal:
         steal_all(args)
     victim = load_checkpoint(args.victim)
-    cfg = VerifyConfig(wm_n=args.wm_n, di_fit=args.di_n, di_private=args.di_n, di_public=args.di_n)
+    cfg = VerifyConfig(wm_n=args.wm_n, di_fit=args.di_n, di_private=args.di_n, di_public=args.di_public or args.di_n,
+                       di_components=args.di_components if args.di_components == "auto" else int(args.di_components))
     todo, missing = suspects(args)
     rows = []
     for s in tqdm(todo, desc="zoo", unit="suspect"):
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                                np.random.default_rng(s["obfuscation_seed"]), pad=16)
         rep = verify(victim, LocalSuspect(s["path"], transform=t, name=s["name"]), cfg, victim_name=str(args.victim))
         r = {k: str(v) if isinstance(v, Path) else v for k, v in s.items()}
-        for m in ("watermark", "watermark_aligned", "dataset_inference", "similarity"):
+        for m in ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "similarity"):
             row = rep.row(m)
             r[m] = {"value": row.value, "p": row.p_value, "verdict": row.verdict} if row else None
         r["overall"], r["queries"], r["seconds"] = rep.overall, rep.queries["sent"], rep.seconds
@@ -132,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(f"{s['name']:32s} truth={s['truth']:11s} overall={rep.overall:11s} "
                    f"wm={r['watermark']['value'] if r['watermark']['value'] is not None else float('nan'):.3f} "
                    f"wm_al={r['watermark_aligned']['value']:.3f} (p={_p(r['watermark_aligned']['p'])}) "
-                   f"DI p={_p(r['dataset_inference']['p'])}")
+                   f"DI p={_p(r['dataset_inference']['p'])} DI_al p={_p((r['dataset_inference_aligned'] or {}).get('p'))}")
 
     def cell(r: dict, m: str) -> str:
         x = r[m]
@@ -142,14 +149,15 @@ def main(argv: list[str] | None = None) -> int:
 
     tab = [{"suspect": r["name"], "truth": r["truth"], "watermark (acc / p)": cell(r, "watermark"),
             "aligned watermark": cell(r, "watermark_aligned"), "DI (t / p)": cell(r, "dataset_inference"),
+            "aligned DI (t / p)": cell(r, "dataset_inference_aligned"),
             "MI norm": f"{r['similarity']['value']:.3f}" if r["similarity"]["value"] is not None else "n/a",
             "overall": r["overall"]} for r in rows]
-    cols = ["suspect", "truth", "watermark (acc / p)", "aligned watermark", "DI (t / p)", "MI norm", "overall"]
+    cols = ["suspect", "truth", "watermark (acc / p)", "aligned watermark", "DI (t / p)", "aligned DI (t / p)", "MI norm", "overall"]
     conf: dict[str, dict[str, dict[str, int]]] = {}
-    for method in ("watermark_aligned", "dataset_inference", "overall"):
+    for method in ("watermark_aligned", "dataset_inference", "dataset_inference_aligned", "overall"):
         c = {t: {"stolen": 0, "independent": 0} for t in ("stolen", "independent")}
         for r in rows:
-            v = r["overall"] if method == "overall" else r[method]["verdict"]
+            v = r["overall"] if method == "overall" else (r[method] or {}).get("verdict")
             if v in ("stolen", "independent"):
                 c[r["truth"]][v] += 1
         conf[method] = c
@@ -163,15 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(conf_lines))
     if missing:
         print("missing suspects:\n  " + "\n  ".join(missing))
-    write_json("zoo", {"config": cfg.model_dump(), "rows": rows, "confusion": conf, "missing": missing})
+    write_json(args.out, {"config": cfg.model_dump(), "rows": rows, "confusion": conf, "missing": missing})
     md = ["# Defender model zoo", "", "`nice -n 10 python -m bench.zoo " + " ".join(argv or sys.argv[1:]) + "`", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(t[c]) for c in cols) + " |" for t in tab]
     md += ["", "## Confusion (truth x verdict)", "", "```", *conf_lines, "```", ""]
     if missing:
         md += ["## Missing suspects", "", *[f"- {m}" for m in missing], ""]
-    (RESULTS / "zoo.md").write_text("\n".join(md))
-    print(f"wrote {RESULTS / 'zoo.json'} and {RESULTS / 'zoo.md'}")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(md))
+    print(f"wrote {RESULTS / (args.out + '.json')} and {RESULTS / (args.out + '.md')}")
     return 0
 
 

@@ -53,6 +53,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     victim = load_checkpoint(args.victim)
     cfg = VerifyConfig(alpha=args.alpha, wm_n=args.wm_n, align_n=args.align_n, di_fit=args.di_fit, di_private=args.di_private,
                        di_public=args.di_public, di_public_split=args.di_public_split, di_components=args.components,
+                       di_alternative=args.di_alternative,
                        mi_dims=args.mi_dims, seed=args.seed, methods=tuple(args.methods or METHODS))
     transform = None
     if args.obfuscate:  # testing aid: obfuscate a *local* suspect's answers (keyed by --obfuscate-seed)
@@ -74,6 +75,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rep.as_dict(), indent=2, default=float))
     return 0
+
+
+def _components(v: str) -> int | str:
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {v!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,9 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--di-private", type=int, default=1000, help="private part B size (scored)")
     v.add_argument("--di-public", type=int, default=1000, help="public images scored")
     v.add_argument("--di-public-split", default="test", help="split used as public data for dataset inference")
-    v.add_argument("--components", type=int, default=10, help="GMM components")
+    v.add_argument("--components", type=_components, default="auto",
+                   help="GMM components of dataset inference, or auto (default): the count of 1, 3, 10 whose membership "
+                        "signal is strongest on the victim itself")
+    v.add_argument("--di-alternative", choices=["victim", "greater", "less", "two-sided"], default="victim",
+                   help="side of the DI t-test: victim (default) learns it on the victim's own members vs public images; "
+                        "greater is the paper's (members more likely)")
     v.add_argument("--mi-dims", type=int, default=16, help="whitened dimensions for the MI estimator")
-    v.add_argument("--methods", nargs="+", help="subset of: watermark watermark_aligned dataset_inference similarity")
+    v.add_argument("--methods", nargs="+", help="subset of: watermark watermark_aligned dataset_inference dataset_inference_aligned similarity")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--obfuscate", choices=["permute", "pad_shuffle", "affine"], help="(local suspects) obfuscate its answers")
     v.add_argument("--obfuscate-seed", type=int, default=1)

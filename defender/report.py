@@ -70,7 +70,7 @@ def plots(rep: VerifyReport, out: Path) -> list[Path]:
         bins = np.linspace(lo, hi, 50)
         ax.hist(a["ll_private"], bins=bins, alpha=0.6, label=f"private B (n={len(a['ll_private'])})", density=True)
         ax.hist(a["ll_public"], bins=bins, alpha=0.6, label=f"public (n={len(a['ll_public'])})", density=True)
-        di = rep.row("dataset_inference")
+        di = rep.row("dataset_inference") or rep.row("dataset_inference_aligned")
         ax.set_title(f"dataset inference: t={di.value:.2f}, p={di.p_value:.2e}" if di and di.value is not None else "dataset inference")
         ax.set_xlabel("GMM log-likelihood of the suspect's representation")
         ax.legend()

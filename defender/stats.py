@@ -5,6 +5,8 @@
   permutation, padding and affine obfuscation before the victim's watermark predictor is used.
 - :func:`dataset_inference`: GMM (diagonal covariance) on L2-normalised representations of
   private part A; log-likelihoods of private part B vs public data; one-sided Welch t-test.
+  :func:`membership_direction` learns the side of that test from the victim itself (cross-fitted
+  on part A vs other public images), because memorisation can also make members *less* typical.
 - :func:`similarity`: l2 and cosine between answers to the same inputs (rows standardised then
   L2-normalised) and mutual information from the Kozachenko-Leonenko 1-NN entropy estimator.
 """
@@ -100,10 +102,12 @@ class DatasetInferenceResult:
     mean_ll_public: float      # mean log-likelihood of the public data
     effect: float              # mean difference / pooled standard deviation (Cohen's d)
     n_fit: int                 # private part A
-    n_private: int             # private part B
+    n_private: int             # private images scored (part B; A + B when cross-fitted)
     n_public: int
     components: int
     alpha: float
+    crossfit: bool             # parts swapped too (A and B both scored)
+    alternative: str           # side of the test: "greater" (B more likely than public), "less", "two-sided"
     verdict: str               # "stolen" (p < alpha) or "independent"
     ll_private: np.ndarray = field(repr=False, compare=False)
     ll_public: np.ndarray = field(repr=False, compare=False)
@@ -122,32 +126,90 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / n
 
 
+ALTERNATIVES = ("greater", "less", "two-sided")
+
+
+def _gmm_scores(fit: np.ndarray, *score: np.ndarray, components: int, seed: int, reg_covar: float) -> list[np.ndarray]:
+    if components < 1 or components > len(fit):
+        raise ValueError(f"components must be in 1..{len(fit)} (the size of the fitted part), got {components}")
+    gmm = GaussianMixture(n_components=components, covariance_type="diag", reg_covar=reg_covar, random_state=seed, max_iter=200)
+    gmm.fit(l2_normalise(fit))
+    return [gmm.score_samples(l2_normalise(x)) for x in score]
+
+
 def dataset_inference(part_a: np.ndarray, part_b: np.ndarray, public: np.ndarray, components: int = 10,
-                      alpha: float = 0.01, seed: int = 0, reg_covar: float = 1e-6) -> DatasetInferenceResult:
-    """Is the suspect's density higher on the victim's private data than on public data?
+                      alpha: float = 0.01, seed: int = 0, reg_covar: float = 1e-6,
+                      alternative: str = "greater", crossfit: bool = False) -> DatasetInferenceResult:
+    """Does the suspect's density tell the victim's private data from public data?
 
     A GMM (diagonal covariance) is fitted on the L2-normalised representations of private part A;
-    the one-sided Welch t-test asks whether the mean log-likelihood of private part B exceeds that
-    of public data. Under independence (no use of the private data) B and public are exchangeable.
+    the one-sided Welch t-test asks whether the mean log-likelihood of private part B exceeds
+    (``alternative="greater"``, the paper's side) or falls below (``"less"``) that of public data.
+    Under independence (no use of the private data) B and public are exchangeable, so either side
+    chosen before looking at B has a uniform p-value.
+
+    ``crossfit`` also swaps the parts: a GMM fitted on A scores B and the even public rows, one
+    fitted on B scores A and the odd public rows; both folds' scores are pooled. Every private image
+    is scored (by a GMM that never saw it), so the test has twice the members for the same queries.
     """
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     a, b, p = _check("private part A", part_a), _check("private part B", part_b), _check("public data", public)
     if not (a.shape[1] == b.shape[1] == p.shape[1]):
         raise ValueError(f"dimensions differ: A {a.shape[1]}, B {b.shape[1]}, public {p.shape[1]}")
-    if components < 1 or components > len(a):
-        raise ValueError(f"components must be in 1..{len(a)} (the size of part A), got {components}")
-    gmm = GaussianMixture(n_components=components, covariance_type="diag", reg_covar=reg_covar, random_state=seed, max_iter=200)
-    gmm.fit(l2_normalise(a))
-    ll_b, ll_p = gmm.score_samples(l2_normalise(b)), gmm.score_samples(l2_normalise(p))
-    res = stats.ttest_ind(ll_b, ll_p, equal_var=False, alternative="greater")
+    ll_b, ll_p = _gmm_scores(a, b, p[0::2] if crossfit else p, components=components, seed=seed, reg_covar=reg_covar)
+    if crossfit:
+        ll_a, ll_p2 = _gmm_scores(b, a, p[1::2], components=components, seed=seed, reg_covar=reg_covar)
+        ll_b, ll_p = np.concatenate([ll_b, ll_a]), np.concatenate([ll_p, ll_p2])
+    res = stats.ttest_ind(ll_b, ll_p, equal_var=False, alternative=alternative)
     t, pv = float(res.statistic), float(res.pvalue)
     if not math.isfinite(pv):  # both samples constant: no evidence either way
         t, pv = 0.0, 1.0
     pooled = math.sqrt((ll_b.var(ddof=1) + ll_p.var(ddof=1)) / 2) or float("nan")
     return DatasetInferenceResult(
         t_statistic=t, p_value=pv, mean_ll_private=float(ll_b.mean()), mean_ll_public=float(ll_p.mean()),
-        effect=float((ll_b.mean() - ll_p.mean()) / pooled), n_fit=len(a), n_private=len(b), n_public=len(p),
-        components=components, alpha=alpha, verdict="stolen" if pv < alpha else "independent",
+        effect=float((ll_b.mean() - ll_p.mean()) / pooled), n_fit=len(a), n_private=len(ll_b), n_public=len(p),
+        components=components, alpha=alpha, crossfit=crossfit, alternative=alternative, verdict="stolen" if pv < alpha else "independent",
         ll_private=ll_b, ll_public=ll_p)
+
+
+@dataclass(frozen=True)
+class MembershipDirection:
+    alternative: str      # "greater" or "less": the side the victim's own members fall on
+    t_statistic: float    # victim: members (cross-fitted) vs other public images
+    n_members: int
+    n_public: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def membership_direction(victim_part_a: np.ndarray, victim_public: np.ndarray, components: int = 10, seed: int = 0,
+                         reg_covar: float = 1e-6) -> MembershipDirection:
+    """On which side of public data do the victim's own training images fall?
+
+    The paper's test assumes members are *more* likely under the GMM. A contrastive encoder that
+    memorised its training images can instead spread them out (less likely than public images).
+    The defender measures the side on its own victim, with data disjoint from the test it then
+    runs on suspects: part A is split in two halves, a GMM fitted on each half scores the other
+    half and half of ``victim_public`` (images outside the test's public set); the sign of the
+    Welch t-statistic of members vs public picks ``greater`` or ``less``.
+    """
+    a, pub = _check("victim part A", victim_part_a, 4), _check("victim public", victim_public, 4)
+    if a.shape[1] != pub.shape[1]:
+        raise ValueError(f"dimensions differ: part A {a.shape[1]}, public {pub.shape[1]}")
+    rng = np.random.default_rng([seed, 0xD1])
+    ia, ip = rng.permutation(len(a)), rng.permutation(len(pub))
+    halves_a, halves_p = (ia[: len(a) // 2], ia[len(a) // 2:]), (ip[: len(pub) // 2], ip[len(pub) // 2:])
+    members, public = [], []
+    for k in (0, 1):
+        ll_m, ll_p = _gmm_scores(a[halves_a[k]], a[halves_a[1 - k]], pub[halves_p[k]],
+                                 components=min(components, len(halves_a[k])), seed=seed, reg_covar=reg_covar)
+        members.append(ll_m)
+        public.append(ll_p)
+    t = float(stats.ttest_ind(np.concatenate(members), np.concatenate(public), equal_var=False).statistic)
+    t = t if math.isfinite(t) else 0.0
+    return MembershipDirection("greater" if t >= 0 else "less", t, len(a), len(pub))
 
 
 # ---- similarity and mutual information ----------------------------------------------------------

@@ -6,7 +6,9 @@ The victim is the defender's own checkpoint (local); the suspect is only queried
   feed the similarity scores;
 - rotated private images (part B, ``wm_n`` images x the watermark's angles): the watermark;
 - private part A (``di_fit``), private part B (``di_private``), public data (``di_public`` images of
-  the ``di_public_split`` split): dataset inference.
+  the ``di_public_split`` split): dataset inference. Its side (``di_alternative``) is by default
+  learned on the victim itself (its part A vs public-split images, no suspect queries): the
+  paper's "members are more likely" or the opposite, which contrastive memorisation can give.
 
 Identical images are paid for once (the 0-degree copies of part B are part B). The report says
 how many images each check needed and how many the suspect was actually sent.
@@ -17,10 +19,11 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from defender.stats import dataset_inference, fit_alignment, similarity
+from defender.stats import dataset_inference, fit_alignment, membership_direction, similarity
 from defender.suspects import Suspect
 from defender.watermark import watermark_test
 from shared.checkpoint import Checkpoint
@@ -29,7 +32,8 @@ from shared.probe import extract_features
 from shared.train.evaluate import random_init_like
 from shared.watermark import predict, rotated_copies
 
-METHODS = ("watermark", "watermark_aligned", "dataset_inference", "similarity")
+METHODS = ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "similarity")
+DECISIVE = ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned")
 
 
 class VerifyConfig(BaseModel):
@@ -42,7 +46,13 @@ class VerifyConfig(BaseModel):
     di_private: int = Field(default=1000, ge=10, description="private part B: scored")
     di_public: int = Field(default=1000, ge=10, description="public images scored")
     di_public_split: str = "test"
-    di_components: int = Field(default=10, ge=1)
+    di_components: int | Literal["auto"] = Field(
+        default="auto", description="GMM components; auto: the count in di_candidates whose membership signal is "
+                                    "strongest on the victim itself (cross-fitted, no suspect data)")
+    di_candidates: tuple[int, ...] = (1, 3, 10)
+    di_crossfit: bool = Field(default=True, description="also fit on B and score A (every private image scored once)")
+    di_alternative: Literal["victim", "greater", "less", "two-sided"] = Field(
+        default="victim", description="side of the DI t-test; victim: the side the victim's own members fall on")
     mi_dims: int = Field(default=16, ge=1)
     seed: int = 0
     methods: tuple[str, ...] = METHODS
@@ -110,12 +120,12 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
 
     # public queries: alignment + similarity
     align = None
-    if want & {"watermark_aligned", "similarity"}:
+    if want & {"watermark_aligned", "dataset_inference_aligned", "similarity"}:
         pub = public[: cfg.align_n]
         s_pub = suspect.embed(pub, "public queries")
         v_pub = venc(pub)
         need["public (alignment, similarity)"] = len(pub)
-        if "watermark_aligned" in want:
+        if want & {"watermark_aligned", "dataset_inference_aligned"}:
             align = fit_alignment(s_pub, v_pub, ridge=cfg.align_ridge, seed=cfg.seed)
         if "similarity" in want:
             r_pub = extract_features(random_init_like(victim.config, cfg.seed + 12345).encoder, pub)
@@ -151,8 +161,8 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
                 arrays[f"{name}_accuracy"] = res.accuracy
                 arrays[f"{name}_n"] = res.n
 
-    # dataset inference
-    if "dataset_inference" in want:
+    # dataset inference, on the suspect's answers and on them mapped into the victim's space
+    if want & {"dataset_inference", "dataset_inference_aligned"}:
         pub_split = load_split(spec, cfg.di_public_split, progress=progress).images
         if cfg.di_public > len(pub_split):
             raise ValueError(f"di_public={cfg.di_public} but the {cfg.di_public_split} split has {len(pub_split)} images")
@@ -160,11 +170,32 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
         rb = suspect.embed(train[part_b[: cfg.di_private]], "private part B")
         rp = suspect.embed(pub_split[: cfg.di_public], "public data")
         need["private A + B, public (dataset inference)"] = cfg.di_fit + cfg.di_private + cfg.di_public
-        di = dataset_inference(ra, rb, rp, components=cfg.di_components, alpha=cfg.alpha, seed=cfg.seed)
-        rows.append(Verdict("dataset_inference", "t (Welch)", _finite(di.t_statistic), _finite(di.p_value), di.verdict, di.as_dict()))
-        arrays["ll_private"], arrays["ll_public"] = di.ll_private, di.ll_public
+        alternative, components, side = cfg.di_alternative, cfg.di_components, {}
+        if alternative == "victim" or components == "auto":
+            # calibrated on the victim alone: its part A (cross-fitted) vs public-split images, never the test split
+            va, vp = venc(train[part_a[: cfg.di_fit]]), venc(public[: cfg.di_public])
+            ks = cfg.di_candidates if components == "auto" else (components,)
+            cal = {k: membership_direction(va, vp, components=k, seed=cfg.seed) for k in ks}
+            components = max(ks, key=lambda k: abs(cal[k].t_statistic))
+            if alternative == "victim":
+                alternative = cal[components].alternative
+            side = {"calibration_on_victim": {"components": components,
+                                              "t_by_components": {str(k): round(c.t_statistic, 3) for k, c in cal.items()},
+                                              "alternative": alternative}}
+        variants = [("dataset_inference", (ra, rb, rp), {})] if "dataset_inference" in want else []
+        if "dataset_inference_aligned" in want and align is not None:
+            # the map was fitted on public-split answers only: B and the test split stay exchangeable
+            variants.append(("dataset_inference_aligned", tuple(align.apply(x) for x in (ra, rb, rp)),
+                             {"alignment": align.summary()}))
+        for name, (a_, b_, p_), extra in variants:
+            di = dataset_inference(a_, b_, p_, components=components, alpha=cfg.alpha, seed=cfg.seed,
+                                   alternative=alternative, crossfit=cfg.di_crossfit)
+            rows.append(Verdict(name, f"t (Welch, {alternative})", _finite(di.t_statistic), _finite(di.p_value), di.verdict,
+                                {**di.as_dict(), **side, **extra}))
+            if name == "dataset_inference" or "ll_private" not in arrays:
+                arrays["ll_private"], arrays["ll_public"] = di.ll_private, di.ll_public
 
-    decisive = [r for r in rows if r.method in ("watermark", "watermark_aligned", "dataset_inference") and r.p_value is not None]
+    decisive = [r for r in rows if r.method in DECISIVE and r.p_value is not None]
     k = max(1, len(decisive))
     overall = "stolen" if any(r.p_value < cfg.alpha / k for r in decisive) else "independent"
     rule = (f"stolen when any of {[r.method for r in decisive]} has p < alpha/{k} = {cfg.alpha / k:.2g} "

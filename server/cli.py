@@ -29,7 +29,7 @@ def _train_config(args: argparse.Namespace):
 
     cfg = get_preset(args.preset)
     update: dict = {}
-    for field in ("epochs", "seed", "width", "batch_size", "lr", "device", "threads", "train_size"):
+    for field in ("epochs", "seed", "width", "batch_size", "lr", "warmup_epochs", "device", "threads", "train_size"):
         v = getattr(args, field)
         if v is not None:
             update[field] = v
@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--width", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)
+    t.add_argument("--warmup-epochs", type=float, help="linear learning-rate warm-up (epochs)")
     t.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline probes")

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from defender.stats import dataset_inference, fit_alignment, knn_entropy, mutual_information, similarity, whiten
+from defender.stats import (
+    dataset_inference,
+    fit_alignment,
+    knn_entropy,
+    membership_direction,
+    mutual_information,
+    similarity,
+    whiten,
+)
 from defender.watermark import watermark_test
 from shared.transforms import make_transform
 
@@ -53,16 +61,27 @@ def test_dataset_inference_flags_members_and_not_exchangeable_data():
     assert r2.verdict == "independent" and r2.p_value > 0.01
 
 
-def test_dataset_inference_false_positive_rate_is_about_alpha():
+@pytest.mark.parametrize("crossfit", [False, True])
+def test_dataset_inference_false_positive_rate_is_about_alpha(crossfit):
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(3, 8))
     ps = []
     for _ in range(60):
         a, b, p = (_clusters(rng, n, centres, 0.3) for n in (150, 100, 100))
-        ps.append(dataset_inference(a, b, p, components=3, seed=0).p_value)
+        ps.append(dataset_inference(a, b, p, components=3, seed=0, crossfit=crossfit).p_value)
     ps = np.array(ps)
     assert (ps < 0.05).mean() <= 0.15  # nominal 5%; 60 draws
     assert 0.3 < np.median(ps) < 0.7   # roughly uniform under the null
+
+
+def test_cross_fitted_dataset_inference_scores_every_member():
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(5, 16))
+    a, b = _clusters(rng, 300, centres, 0.2), _clusters(rng, 300, centres, 0.2)
+    pub = _clusters(rng, 400, centres, 0.3)
+    plain, cross = dataset_inference(a, b, pub, components=5), dataset_inference(a, b, pub, components=5, crossfit=True)
+    assert (plain.n_private, cross.n_private, cross.n_public) == (300, 600, 400) and cross.crossfit
+    assert cross.verdict == "stolen" and cross.t_statistic > plain.t_statistic  # twice the members: more power
 
 
 def test_dataset_inference_invariant_to_permutation():
@@ -72,6 +91,25 @@ def test_dataset_inference_invariant_to_permutation():
     perm = rng.permutation(12)
     r1, r2 = dataset_inference(a, b, p, components=4), dataset_inference(a[:, perm], b[:, perm], p[:, perm], components=4)
     assert r1.t_statistic == pytest.approx(r2.t_statistic, rel=1e-3, abs=1e-3)
+
+
+def test_membership_direction_learns_the_side_members_fall_on():
+    """Members spread out (contrastive memorisation) are LESS likely than public data: the paper's
+    side misses them, the side learned on the victim (disjoint data) catches them; tight members
+    give the paper's side."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(5, 16))
+    spread_a, spread_b = _clusters(rng, 400, centres, 0.35), _clusters(rng, 300, centres, 0.35)
+    pub_cal, pub = _clusters(rng, 400, centres, 0.2), _clusters(rng, 300, centres, 0.2)
+    d = membership_direction(spread_a, pub_cal, components=5)
+    assert d.alternative == "less" and d.t_statistic < -3
+    assert dataset_inference(spread_a, spread_b, pub, components=5).verdict == "independent"
+    r = dataset_inference(spread_a, spread_b, pub, components=5, alternative=d.alternative)
+    assert r.verdict == "stolen" and r.p_value < 1e-6 and r.alternative == "less"
+    tight = _clusters(rng, 400, centres, 0.1)
+    assert membership_direction(tight, pub_cal, components=5).alternative == "greater"
+    with pytest.raises(ValueError, match="alternative"):
+        dataset_inference(spread_a, spread_b, pub, alternative="sideways")
 
 
 def test_dataset_inference_refuses_bad_input():

@@ -150,7 +150,7 @@ def test_distilled_copy_is_flagged_independent_is_not(zoo):
     assert rep_o.row("watermark_aligned").verdict == "stolen"
 
     rep_i = verify(victim, LocalSuspect(zoo["paths"]["independent"]), CFG)
-    for m in ("watermark", "watermark_aligned", "dataset_inference"):
+    for m in ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned"):
         assert rep_i.row(m).verdict == "independent", rep_i.row(m)
     assert abs(rep_i.row("watermark").value - 0.5) < 0.1
     assert rep_i.row("dataset_inference").p_value > 0.01
@@ -205,11 +205,16 @@ def test_cli_verify_local_writes_reports(zoo, tmp_path):
     r = subprocess.run([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
                         "--suspect", str(zoo["paths"]["independent"]), "--out", str(out), "--quiet",
                         "--wm-n", "60", "--align-n", "150", "--di-fit", "100", "--di-private", "100", "--di-public", "150",
-                        "--components", "4", "--mi-dims", "8"], capture_output=True, text=True, timeout=300)
+                        "--components", "auto", "--mi-dims", "8"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "overall: INDEPENDENT" in r.stdout and "dataset_inference" in r.stdout
     rep = json.loads((out / "verify.json").read_text())
-    assert {row["method"] for row in rep["rows"]} == {"similarity", "watermark", "watermark_aligned", "dataset_inference"}
+    assert {row["method"] for row in rep["rows"]} == {"similarity", "watermark", "watermark_aligned", "dataset_inference",
+                                                   "dataset_inference_aligned"}
+    di = next(row for row in rep["rows"] if row["method"] == "dataset_inference")
+    cal = di["detail"]["calibration_on_victim"]  # components and side picked on the victim alone
+    assert cal["components"] in (1, 3, 10) and set(cal["t_by_components"]) == {"1", "3", "10"}
+    assert cal["alternative"] in ("greater", "less") and di["detail"]["alternative"] == cal["alternative"]
     assert (out / "verify.md").read_text().startswith("# Ownership verification")
     assert (out / "loglik_hist.png").stat().st_size > 1000 and (out / "watermark.png").stat().st_size > 1000
     # a suspect that cannot be opened: an error and no verdict
