@@ -89,6 +89,33 @@ def suspects(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     return out, missing
 
 
+def plot(rows: list[dict], alpha: float, path: Path) -> Path:
+    """-log10 p of the aligned watermark and of dataset inference (plain and aligned) per suspect."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from defender.report import _save
+
+    methods = [("watermark_aligned", "aligned watermark"), ("dataset_inference", "DI"),
+               ("dataset_inference_aligned", "aligned DI")]
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 0.32 * len(rows) + 1.5), sharey=True)
+    y = np.arange(len(rows))
+    colours = ["tab:red" if r["truth"] == "stolen" else "tab:blue" for r in rows]
+    for ax, (m, title) in zip(axes, methods, strict=True):
+        raw = [(r.get(m) or {}).get("p") for r in rows]
+        p = [max(1.0 if x is None else x, 1e-30) for x in raw]
+        ax.barh(y, -np.log10(p), color=colours)
+        ax.axvline(-np.log10(alpha), color="k", ls="--", lw=1)
+        ax.set_title(title)
+        ax.set_xlabel("-log10 p (capped at 30); dashed: alpha")
+    axes[0].set_yticks(y, [r["name"] for r in rows], fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("defender zoo: red = stolen (truth), blue = independent")
+    return _save(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--victim", type=Path, default=RUNS / "victim")
@@ -172,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print("missing suspects:\n  " + "\n  ".join(missing))
     write_json(args.out, {"config": cfg.model_dump(), "rows": rows, "confusion": conf, "missing": missing})
+    print(f"wrote {plot(rows, cfg.alpha, RESULTS / (args.out + '.png'))}")
     md = ["# Defender model zoo", "", "`nice -n 10 python -m bench.zoo " + " ".join(argv or sys.argv[1:]) + "`", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(t[c]) for c in cols) + " |" for t in tab]
