@@ -144,6 +144,11 @@ def test_distilled_copy_is_flagged_independent_is_not(zoo):
     assert wm.verdict == "stolen" and wm.value > 0.6, wm
     assert rep.overall == "stolen"
     assert rep.row("similarity").value > 0.5
+    # a significant but immaterial watermark (below 0.5 + wm_margin) is not a stolen verdict, overall neither
+    strict = CFG.model_copy(update={"wm_margin": 0.49, "methods": ("watermark", "watermark_aligned")})
+    rep_m = verify(victim, LocalSuspect(zoo["paths"]["stolen"]), strict)
+    assert rep_m.row("watermark_aligned").p_value < 0.01 and rep_m.row("watermark_aligned").value < 0.99
+    assert rep_m.row("watermark_aligned").verdict == "independent" and rep_m.overall == "independent"
     # obfuscated copy: the aligned watermark still decides
     t = make_transform("affine", victim.config.representation_dim, np.random.default_rng(3))
     rep_o = verify(victim, LocalSuspect(zoo["paths"]["stolen"], transform=t), CFG)
