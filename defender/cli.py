@@ -53,7 +53,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     victim = load_checkpoint(args.victim)
     cfg = VerifyConfig(alpha=args.alpha, wm_n=args.wm_n, align_n=args.align_n, di_fit=args.di_fit, di_private=args.di_private,
                        di_public=args.di_public, di_public_split=args.di_public_split, di_components=args.components,
-                       di_alternative=args.di_alternative,
+                       di_alternative=args.di_alternative, wm_margin=args.wm_margin,
                        mi_dims=args.mi_dims, seed=args.seed, methods=tuple(args.methods or METHODS))
     transform = None
     if args.obfuscate:  # testing aid: obfuscate a *local* suspect's answers (keyed by --obfuscate-seed)
@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="folder for verify.json, verify.md and plots")
     v.add_argument("--alpha", type=float, default=0.01)
     v.add_argument("--wm-n", type=int, default=500, help="private images for the watermark (x4 rotations)")
+    v.add_argument("--wm-margin", type=float, default=0.05,
+                   help="a watermark says stolen only at accuracy >= 0.5 + margin (and p < alpha)")
     v.add_argument("--align-n", type=int, default=1000, help="public images for alignment and similarity")
     v.add_argument("--di-fit", type=int, default=1000, help="private part A size (GMM fit)")
     v.add_argument("--di-private", type=int, default=1000, help="private part B size (scored)")
