@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from testbed.services import wait_ready  # noqa: F401  (re-exported for the benches)
+from testbed.services import free_port, wait_ready  # noqa: F401  (re-exported for the benches)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
@@ -57,6 +57,12 @@ class RawHttpConnection:
         self.host, self.port = host, port
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> RawHttpConnection:
+        """A connection to ``http://host:port`` (no path, no TLS)."""
+        host, _, port = url.removeprefix("http://").rstrip("/").rpartition(":")
+        return cls(host, int(port))
 
     @staticmethod
     def build(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,

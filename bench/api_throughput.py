@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,17 +31,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import RawHttpConnection, process_cpu_seconds, wait_ready  # noqa: E402
+from bench._common import RawHttpConnection, free_port, process_cpu_seconds, wait_ready  # noqa: E402
 from server.batcher import frozen  # noqa: E402
+from server.config import ServerConfig  # noqa: E402
 from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint  # noqa: E402
 from shared.images import encode_image  # noqa: E402
 from shared.models import representation_dim  # noqa: E402
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -56,9 +50,8 @@ async def _api_level(url: str, key: str, bodies: list[bytes], n_img: int, conc: 
     done = 0
     errors = 0
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    host, port = url.removeprefix("http://").split(":")
     raws = [RawHttpConnection.build("POST", "/v1/embeddings", b, headers) for b in bodies]
-    conns = [RawHttpConnection(host, int(port)) for _ in range(conc)]
+    conns = [RawHttpConnection.from_url(url) for _ in range(conc)]
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60, headers=headers) as c:
         async def send(i: int, j: int) -> int:
@@ -170,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                           "encoding_format": "base64"}).encode() for i in range(64)]
 
     admin = secrets.token_urlsafe(24)
-    port = _port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}
     env.update({"HEIST_ADMIN_TOKEN": admin, "HEIST_SERVER_SECRET": secrets.token_urlsafe(24), "HEIST_TORCH_THREADS": str(threads),
                 "HEIST_STORE_PREFIX": "bench-" + secrets.token_hex(3), "HEIST_LOG_LEVEL": "warning"})
@@ -218,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"command": " ".join(["bench/api_throughput.py", *(argv or sys.argv[1:])]),
                                "model": {"arch": ck.config.arch, "width": ck.config.width, "checkpoint": str(ck_dir)},
                                "images_per_request": n_img, "seconds_per_level": args.seconds, "torch_threads": threads, "jit": not args.no_jit,
-                               "cpus": os.cpu_count(), "client": args.client, "switch_interval_ms": args.switch_interval_ms or 0.2, "store": "redis" if args.redis else "embedded",
+                               "cpus": os.cpu_count(), "client": args.client, "switch_interval_ms": args.switch_interval_ms or ServerConfig.model_fields["switch_interval_ms"].default, "store": "redis" if args.redis else "embedded",
                                "cuda": torch.cuda.is_available(), "rows": rows}, indent=2))
     print(f"wrote {out}")
     return 0

@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import RawHttpConnection, table, wait_ready, write_json  # noqa: E402
+from bench._common import RawHttpConnection, free_port, table, wait_ready, write_json  # noqa: E402
 from server.defences.profile import legit_streams  # noqa: E402
 from shared.data.synthetic import DataSpec, load_split  # noqa: E402
 from shared.images import encode_image  # noqa: E402
@@ -58,7 +58,6 @@ def tiers(profile: str) -> dict:
 async def level(url: str, admin: str, tier: str, bodies: list[bytes], conc: int, seconds: float) -> dict:
     """``conc`` legitimate-shaped clients on ``tier`` for ``seconds`` (raw keep-alive HTTP, see bench/_common)."""
     done = errors = rotated = 0
-    host, port = url.removeprefix("http://").split(":")
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
         async def new_key() -> list[bytes]:
             r = await c.post("/v1/admin/accounts", json={"name": f"b-{secrets.token_hex(5)}", "tier": tier},
@@ -70,7 +69,7 @@ async def level(url: str, admin: str, tier: str, bodies: list[bytes], conc: int,
 
         async def worker(i: int):
             nonlocal done, errors, rotated
-            conn, raws, j = RawHttpConnection(host, int(port)), await new_key(), i
+            conn, raws, j = RawHttpConnection.from_url(url), await new_key(), i
             while time.perf_counter() < stop_at:
                 status, _ = await conn.request(raws[j % len(raws)])
                 if status == 200:
@@ -118,10 +117,7 @@ def main(argv=None) -> int:
                 "HEIST_STORE_PREFIX": "overhead-" + secrets.token_hex(3), "HEIST_LOG_LEVEL": "warning"})
     if args.redis:
         env["REDIS_URL"] = args.redis
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", args.checkpoint, "--config",
                              str(tmp / "server.json"), "--port", str(port), "--device", "cpu"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=(tmp / "server.log").open("w"))

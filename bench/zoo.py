@@ -33,6 +33,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench._common import RESULTS, table, write_json
+from defender.cli import parse_components
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs"
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--victim", type=Path, default=RUNS / "victim")
     ap.add_argument("--runs", type=Path, default=RUNS, help="folder of the stolen-* copies and independent-* encoders")
     ap.add_argument("--out", default="zoo", help="results/<out>.json and results/<out>.md")
-    ap.add_argument("--di-components", default="auto", help="GMM components of dataset inference (an integer or auto)")
+    ap.add_argument("--di-components", type=parse_components, default="auto",
+                    help="GMM components of dataset inference (an integer or auto)")
     ap.add_argument("--di-public", type=int, help="public images scored by dataset inference (default: --di-n)")
     ap.add_argument("--steal", action="store_true", help="make missing stolen copies with heist-attack steal over HTTP first")
     ap.add_argument("--losses", nargs="+", default=["mse", "infonce", "softnn"])
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         steal_all(args)
     victim = load_checkpoint(args.victim)
     cfg = VerifyConfig(wm_n=args.wm_n, di_fit=args.di_n, di_private=args.di_n, di_public=args.di_public or args.di_n,
-                       di_components=args.di_components if args.di_components == "auto" else int(args.di_components))
+                       di_components=args.di_components)
     todo, missing = suspects(args)
     rows = []
     for s in tqdm(todo, desc="zoo", unit="suspect"):

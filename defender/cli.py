@@ -77,7 +77,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _components(v: str) -> int | str:
+def parse_components(v: str) -> int | str:
+    """argparse type of a GMM size: a positive integer or ``auto``."""
     if v == "auto":
         return v
     try:
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--di-private", type=int, default=1000, help="private part B size (scored)")
     v.add_argument("--di-public", type=int, default=1000, help="public images scored")
     v.add_argument("--di-public-split", default="test", help="split used as public data for dataset inference")
-    v.add_argument("--components", type=_components, default="auto",
+    v.add_argument("--components", type=parse_components, default="auto",
                    help="GMM components of dataset inference, or auto (default): the count of 1, 3, 10 whose membership "
                         "signal is strongest on the victim itself")
     v.add_argument("--di-alternative", choices=["victim", "greater", "less", "two-sided"], default="victim",

@@ -16,6 +16,7 @@ how many images each check needed and how many the suspect was actually sent.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -120,13 +121,15 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
     want = set(cfg.methods)
     has_wm = victim.watermark is not None and wm_spec is not None
     venc = lambda x: extract_features(victim.encoder, x)  # noqa: E731 - the victim is local
+    n_vpub = min(len(public), max(cfg.align_n, cfg.di_public))
+    v_public = functools.cache(lambda: venc(public[:n_vpub]))  # the victim's answers on public images, encoded once
 
     # public queries: alignment + similarity
     align = None
     if want & {"watermark_aligned", "dataset_inference_aligned", "similarity"}:
         pub = public[: cfg.align_n]
         s_pub = suspect.embed(pub, "public queries")
-        v_pub = venc(pub)
+        v_pub = v_public()[: cfg.align_n]
         need["public (alignment, similarity)"] = len(pub)
         if want & {"watermark_aligned", "dataset_inference_aligned"}:
             align = fit_alignment(s_pub, v_pub, ridge=cfg.align_ridge, seed=cfg.seed)
@@ -176,7 +179,7 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
         alternative, components, side = cfg.di_alternative, cfg.di_components, {}
         if alternative == "victim" or components == "auto":
             # calibrated on the victim alone: its part A (cross-fitted) vs public-split images, never the test split
-            va, vp = venc(train[part_a[: cfg.di_fit]]), venc(public[: cfg.di_public])
+            va, vp = venc(train[part_a[: cfg.di_fit]]), v_public()[: cfg.di_public]
             ks = cfg.di_candidates if components == "auto" else (components,)
             cal = {k: membership_direction(va, vp, components=k, seed=cfg.seed) for k in ks}
             components = max(ks, key=lambda k: abs(cal[k].t_statistic))
