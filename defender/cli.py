@@ -82,9 +82,12 @@ def parse_components(v: str) -> int | str:
     if v == "auto":
         return v
     try:
-        return int(v)
+        n = int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {v!r}") from None
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {v!r}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:

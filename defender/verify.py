@@ -20,7 +20,7 @@ import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -50,7 +50,7 @@ class VerifyConfig(BaseModel):
     di_private: int = Field(default=1000, ge=10, description="private part B: scored")
     di_public: int = Field(default=1000, ge=10, description="public images scored")
     di_public_split: str = "test"
-    di_components: int | Literal["auto"] = Field(
+    di_components: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto", description="GMM components; auto: the count in di_candidates whose membership signal is "
                                     "strongest on the victim itself (cross-fitted, no suspect data)")
     di_candidates: tuple[int, ...] = (1, 3, 10)

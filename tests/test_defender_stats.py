@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -167,3 +168,19 @@ def test_watermark_test_against_chance():
     assert r.p_binomial > 0.001
     with pytest.raises(ValueError):
         watermark_test(np.array([], dtype=bool))
+
+
+def test_dataset_inference_settings_are_validated_before_any_query():
+    from pydantic import ValidationError
+
+    from defender.cli import parse_components
+    from defender.verify import VerifyConfig
+
+    assert VerifyConfig(di_components="auto").di_components == "auto" and VerifyConfig(di_components=3).di_components == 3
+    for bad in (0, -2, "many"):
+        with pytest.raises(ValidationError):
+            VerifyConfig(di_components=bad)
+    assert parse_components("auto") == "auto" and parse_components("4") == 4
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="positive integer or auto"):
+            parse_components(bad)
