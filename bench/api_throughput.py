@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import RawHttpConnection, free_port, process_cpu_seconds, wait_ready  # noqa: E402
-from server.batcher import frozen  # noqa: E402
+from server.batcher import ServingForward, serving_module  # noqa: E402
 from server.config import ServerConfig  # noqa: E402
 from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint  # noqa: E402
 from shared.images import encode_image  # noqa: E402
@@ -102,14 +102,13 @@ def _inproc_level(encoder: torch.nn.Module, images: np.ndarray, batch: int, seco
     done = 0
     i = 0
     with torch.inference_mode():
-        encoder(torch.from_numpy(images[:batch]).permute(0, 3, 1, 2).float().div_(255))  # warm-up
+        encoder(torch.from_numpy(images[:batch]))  # warm-up
         t_end = time.perf_counter() + seconds
         t_start = time.perf_counter()
         while time.perf_counter() < t_end:
             idx = np.arange(i, i + batch) % len(images)
             t0 = time.perf_counter()
-            x = torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float().div_(255)
-            encoder(x).numpy()
+            encoder(torch.from_numpy(images[idx]))[0].numpy()
             lat.append(time.perf_counter() - t0)
             done += batch
             i += batch
@@ -151,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                             head=HeadSpec(hidden_dim=64, out_dim=32))
         ck_dir = save_checkpoint(Checkpoint(cfg), tmp / f"random-resnet18-w{args.width}")
     ck = load_checkpoint(ck_dir).eval()
-    # the baseline runs exactly what the server runs: the frozen TorchScript encoder unless --no-jit
-    size = ck.config.input_size
-    encoder = ck.encoder if args.no_jit else frozen(ck.encoder, torch.zeros(2, 3, size, size))
+    # the baseline runs exactly what the server runs: uint8 NHWC -> representations in one frozen
+    # TorchScript module (server.batcher.serving_module), or the same steps in eager mode with --no-jit
+    encoder = ServingForward(ck.encoder, None).eval() if args.no_jit else serving_module(ck, projections=False)
     size = ck.config.input_size
     rng = np.random.default_rng(0)
     n_img = args.images_per_request

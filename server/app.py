@@ -184,6 +184,21 @@ class ServerState:
             self._decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)
         return self._decode_limiter
 
+    def limit_native_threads(self) -> None:
+        """Thread pools of the defences' native code, applied from the event loop's thread, where the
+        defences run: FAISS's OpenMP count (``faiss_threads``) is per thread, so it must be set on this
+        thread (set in the thread that loads the model, it left the loop's searches on every core);
+        numpy's OpenBLAS count (``blas_threads``) is process-wide. Idle OpenMP/OpenBLAS workers spin
+        for a while after each call, on the core the inference thread needs."""
+        if self.config.faiss_threads is not None:
+            import faiss
+
+            faiss.omp_set_num_threads(self.config.faiss_threads)
+        if self.config.blas_threads is not None:
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(limits=self.config.blas_threads, user_api="blas")
+
     def load(self) -> None:
         device = resolve_device(self.config.device)
         if self.model is None:
@@ -196,10 +211,6 @@ class ServerState:
             import torch
 
             torch.set_num_threads(self.config.torch_threads)
-        if self.config.faiss_threads is not None:
-            import faiss
-
-            faiss.omp_set_num_threads(self.config.faiss_threads)
         if self.config.switch_interval_ms is not None:  # process-wide: the batcher thread gets the GIL back sooner
             sys.setswitchinterval(self.config.switch_interval_ms / 1000)
         self.batcher = Batcher(self.model, device, self.config.max_batch, self.config.max_wait_ms,
@@ -250,6 +261,7 @@ def create_app(config: ServerConfig, model: Checkpoint | None = None, store: Acc
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await asyncio.to_thread(state.load)
+        state.limit_native_threads()  # on the loop's thread, where the defences run
         try:
             yield
         finally:

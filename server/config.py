@@ -88,7 +88,11 @@ class ServerConfig(BaseModel):
                                 "more only steal CPU from inference on a small machine")
     faiss_threads: int | None = Field(default=1, ge=1, le=256, description=(
         "OpenMP threads of a FAISS search (similar-query defence). One request searches a few vectors; "
-        "more threads only spin against the inference thread. None: FAISS's default (all cores)."))
+        "more threads only spin against the inference thread. Applied on the event loop's thread, where FAISS runs. "
+        "None: FAISS's default (all cores)."))
+    blas_threads: int | None = Field(default=1, ge=1, le=256, description=(
+        "threads of numpy's BLAS (defences' small matrix products: B4B hashing and transforms, noise); "
+        "more only spin against the inference thread. None: the library's default (all cores)."))
     switch_interval_ms: float | None = Field(default=0.2, gt=0, le=100, description=(
         "Python's GIL switch interval for the server process (sys.setswitchinterval; Python's default is 5 ms). "
         "The inference thread needs the GIL back after every forward pass; while the event loop runs Python it "
@@ -164,6 +168,7 @@ ENV = {
     "HEIST_DECODE_THREADS": "decode_threads",
     "HEIST_SWITCH_INTERVAL_MS": "switch_interval_ms",
     "HEIST_FAISS_THREADS": "faiss_threads",
+    "HEIST_BLAS_THREADS": "blas_threads",
     "HEIST_MAX_IMAGES_PER_REQUEST": "max_images_per_request",
     "HEIST_MAX_BODY_BYTES": "max_body_bytes",
     "HEIST_MAX_IMAGE_PIXELS": "max_image_pixels",

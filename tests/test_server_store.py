@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 
 import numpy as np
@@ -188,6 +189,39 @@ def test_batcher_batches_distinct_requests(tiny_checkpoint):
     assert max(sizes) > 4 and sum(sizes) == sum(len(j) for j in jobs) and b.queued_images == 0
 
 
+def test_batcher_drops_requests_cancelled_while_queued(tiny_checkpoint):
+    """A request whose client went away while queued is not computed, its images leave the queue
+    count, and the requests batched around it still get their answers (one wake-up per batch)."""
+    from server.batcher import Batcher
+    from shared.checkpoint import load_checkpoint
+
+    sizes, gate = [], threading.Event()
+    b = Batcher(load_checkpoint(tiny_checkpoint), torch.device("cpu"), max_batch=16, max_wait_ms=0,
+                on_batch=lambda n, s: (sizes.append(n), gate.wait(10)))  # the worker holds after each batch
+    b.start()
+    rng = np.random.default_rng(2)
+    first = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    small = [rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8) for _ in range(3)]
+
+    async def go():
+        head = await b.submit(first)  # answered; the worker now waits at the gate
+        tasks = [asyncio.ensure_future(b.submit(x)) for x in small]
+        await asyncio.sleep(0.01)  # all three queued
+        tasks[1].cancel()
+        await asyncio.sleep(0.01)
+        gate.set()
+        return [head, *await asyncio.gather(*tasks, return_exceptions=True)]
+    try:
+        out = asyncio.run(go())
+    finally:
+        gate.set()
+        b.stop()
+    assert isinstance(out[2], asyncio.CancelledError)
+    for x, (reps, _) in ((small[0], out[1]), (small[2], out[3])):
+        np.testing.assert_allclose(reps, b.run_sync(x)[0], rtol=1e-4, atol=1e-5)
+    assert sizes == [4, 6] and b.queued_images == 0  # the cancelled 3 images never ran
+
+
 def test_batcher_wait_counts_from_when_the_first_job_was_queued(tiny_checkpoint):
     """max_wait bounds how long a request waits for company, counted from when it was queued: a job
     that already waited (behind the previous forward pass) is batched with what is there, at once."""
@@ -214,8 +248,40 @@ def test_frozen_batcher_matches_eager_model(tiny_checkpoint):
     ck = load_checkpoint(tiny_checkpoint)
     jit = Batcher(ck, torch.device("cpu"), max_batch=16, jit=True)
     eager = Batcher(ck, torch.device("cpu"), max_batch=16, jit=False)
-    assert isinstance(jit.encoder, torch.jit.ScriptModule) and not isinstance(eager.encoder, torch.jit.ScriptModule)
+    assert all(isinstance(m, torch.jit.ScriptModule) for m in jit._served.values()) and len(jit._served) == 2
+    assert not eager._served
     imgs = np.random.default_rng(3).integers(0, 256, (21, 32, 32, 3), dtype=np.uint8)  # not a multiple of the trace batch
     (r1, p1), (r2, p2) = jit.run_sync(imgs, projections=True), eager.run_sync(imgs, projections=True)
     np.testing.assert_allclose(r1, r2, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(p1, p2, rtol=1e-4, atol=1e-5)
+    r3, p3 = jit.run_sync(imgs[:5], projections=False)  # the encoder-only module: no head output
+    assert p3 is None
+    np.testing.assert_allclose(r3, r2[:5], rtol=1e-4, atol=1e-5)
+
+
+def test_native_thread_limits_apply_on_the_event_loop_thread(tiny_checkpoint):
+    """OpenMP thread counts are per thread. The similar-query defence searches FAISS on the event
+    loop's thread, so ``faiss_threads`` must hold there, not only in the thread that loads the model
+    (where it was set before: the loop's searches then spun on every core against inference).
+    numpy's BLAS (the defences' matrix products) is limited to ``blas_threads`` too."""
+    import faiss
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from server.app import create_app
+    from server.config import ServerConfig
+    from server.store.memory import MemoryStore
+
+    app = create_app(ServerConfig(checkpoint=tiny_checkpoint, faiss_threads=1, blas_threads=1, torch_threads=1),
+                     store=MemoryStore())
+    faiss.omp_set_num_threads(3)  # what this thread would otherwise search with
+    restore = threadpool_limits(limits=3, user_api="blas")
+
+    async def inside() -> tuple[int, list[int]]:
+        async with app.router.lifespan_context(app):  # read on the loop's own thread
+            return faiss.omp_get_max_threads(), [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    try:
+        omp, blas = asyncio.run(inside())
+        assert omp == 1 and blas and set(blas) == {1}
+    finally:
+        faiss.omp_set_num_threads(1)
+        restore.restore_original_limits()
