@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-jit", action="store_true", help="eager PyTorch in the server (HEIST_JIT=0) and in the baseline")
     p.add_argument("--switch-interval-ms", type=float, help="the server's GIL switch interval (default: the server's, 0.2 ms; "
                    "Python's own default is 5)")
+    p.add_argument("--no-gc-freeze", action="store_true", help="serve without gc.freeze() after startup (HEIST_GC_FREEZE=0)")
     p.add_argument("--redis", help="redis:// URL (default: the embedded store)")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw",
                    help="load generator: raw = pre-built HTTP/1.1 requests on keep-alive sockets (little client CPU); "
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.redis:
         env["REDIS_URL"] = args.redis
     env["HEIST_JIT"] = "0" if args.no_jit else "1"
+    env["HEIST_GC_FREEZE"] = "0" if args.no_gc_freeze else "1"
     if args.switch_interval_ms is not None:
         env["HEIST_SWITCH_INTERVAL_MS"] = str(args.switch_interval_ms)
     (tmp / "server.json").write_text(json.dumps({"max_images_per_request": max(64, n_img)}))
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(["bench/api_throughput.py", *(argv or sys.argv[1:])]),
                                "model": {"arch": ck.config.arch, "width": ck.config.width, "checkpoint": str(ck_dir)},
-                               "images_per_request": n_img, "seconds_per_level": args.seconds, "torch_threads": threads, "jit": not args.no_jit,
+                               "images_per_request": n_img, "seconds_per_level": args.seconds, "torch_threads": threads, "jit": not args.no_jit, "gc_freeze": not args.no_gc_freeze,
                                "cpus": os.cpu_count(), "client": args.client, "switch_interval_ms": args.switch_interval_ms or ServerConfig.model_fields["switch_interval_ms"].default, "store": "redis" if args.redis else "embedded",
                                "cuda": torch.cuda.is_available(), "rows": rows}, indent=2))
     print(f"wrote {out}")

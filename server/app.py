@@ -10,6 +10,7 @@ transforms -> ONE atomic store commit (re-checks revocation and rate limit, coun
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import re
@@ -262,6 +263,9 @@ def create_app(config: ServerConfig, model: Checkpoint | None = None, store: Acc
     async def lifespan(app: FastAPI):
         await asyncio.to_thread(state.load)
         state.limit_native_threads()  # on the loop's thread, where the defences run
+        if config.gc_freeze:  # startup objects (torch, FastAPI, the model) leave the collector's scans
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
