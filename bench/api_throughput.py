@@ -53,10 +53,12 @@ async def _api_level(url: str, key: str, bodies: list[bytes], n_img: int, conc: 
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     raws = [RawHttpConnection.build("POST", "/v1/embeddings", b, headers) for b in bodies]
     conns = [RawHttpConnection.from_url(url) for _ in range(conc)]
-    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    httpx_client = httpx.AsyncClient(base_url=url, limits=limits, timeout=60, headers=headers) if client == "httpx" else None
     async with contextlib.AsyncExitStack() as stack:
-        c = await stack.enter_async_context(httpx_client) if httpx_client is not None else None
+        c = None
+        if client == "httpx":
+            limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+            c = await stack.enter_async_context(httpx.AsyncClient(base_url=url, limits=limits, timeout=60, headers=headers))
+
         async def send(i: int, j: int) -> int:
             if client == "raw":
                 return (await conns[i].request(raws[j % len(raws)]))[0]

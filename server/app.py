@@ -185,12 +185,18 @@ class ServerState:
             self._decode_limiter = anyio.CapacityLimiter(self.config.decode_threads)
         return self._decode_limiter
 
-    def limit_native_threads(self) -> None:
-        """Thread pools of the defences' native code, applied from the event loop's thread, where the
-        defences run: FAISS's OpenMP count (``faiss_threads``) is per thread, so it must be set on this
-        thread (set in the thread that loads the model, it left the loop's searches on every core);
-        numpy's OpenBLAS count (``blas_threads``) is process-wide. Idle OpenMP/OpenBLAS workers spin
-        for a while after each call, on the core the inference thread needs."""
+    def tune_runtime(self) -> None:
+        """Process settings for serving, applied from the event loop's thread once the model is loaded:
+
+        - ``switch_interval_ms`` (process-wide): the inference thread gets the GIL back sooner;
+        - ``faiss_threads``: FAISS's OpenMP count is per thread, so it is set on this thread, where the
+          defences search (set in the thread that loads the model, it left the loop's searches on
+          every core); ``blas_threads``: numpy's OpenBLAS, process-wide. Idle OpenMP/OpenBLAS workers
+          spin for a while after each call, on the core the inference thread needs;
+        - ``gc_freeze``: startup objects (torch, FastAPI, the model) leave the collector's scans.
+        """
+        if self.config.switch_interval_ms is not None:
+            sys.setswitchinterval(self.config.switch_interval_ms / 1000)
         if self.config.faiss_threads is not None:
             import faiss
 
@@ -199,6 +205,9 @@ class ServerState:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(limits=self.config.blas_threads, user_api="blas")
+        if self.config.gc_freeze:
+            gc.collect()
+            gc.freeze()
 
     def load(self) -> None:
         device = resolve_device(self.config.device)
@@ -212,8 +221,6 @@ class ServerState:
             import torch
 
             torch.set_num_threads(self.config.torch_threads)
-        if self.config.switch_interval_ms is not None:  # process-wide: the batcher thread gets the GIL back sooner
-            sys.setswitchinterval(self.config.switch_interval_ms / 1000)
         self.batcher = Batcher(self.model, device, self.config.max_batch, self.config.max_wait_ms,
                                self.config.max_queue_images, on_batch=self.metrics.on_batch, jit=self.config.jit)
         self.batcher.start()
@@ -262,10 +269,7 @@ def create_app(config: ServerConfig, model: Checkpoint | None = None, store: Acc
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await asyncio.to_thread(state.load)
-        state.limit_native_threads()  # on the loop's thread, where the defences run
-        if config.gc_freeze:  # startup objects (torch, FastAPI, the model) leave the collector's scans
-            gc.collect()
-            gc.freeze()
+        state.tune_runtime()  # on the loop's thread, where the defences run
         try:
             yield
         finally:

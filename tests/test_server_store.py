@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sys
 import threading
 import time
 
@@ -284,12 +285,15 @@ def test_native_thread_limits_apply_on_the_event_loop_thread(tiny_checkpoint):
     async def inside() -> tuple[int, list[int], int]:
         async with app.router.lifespan_context(app):  # read on the loop's own thread
             return (faiss.omp_get_max_threads(), [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"],
-                    gc.get_freeze_count())
+                    gc.get_freeze_count(), sys.getswitchinterval())
+    old_interval = sys.getswitchinterval()
     try:
-        omp, blas, frozen = asyncio.run(inside())
+        omp, blas, frozen, interval = asyncio.run(inside())
         assert omp == 1 and blas and set(blas) == {1}
+        assert interval == pytest.approx(0.2e-3)  # the server's default switch interval
         assert frozen > 10_000  # torch, FastAPI and the model's objects
     finally:
         faiss.omp_set_num_threads(1)
         restore.restore_original_limits()
         gc.unfreeze()
+        sys.setswitchinterval(old_interval)
