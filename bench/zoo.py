@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--obfuscate", nargs="*", default=["permute", "affine", "pad_shuffle"])
     ap.add_argument("--wm-n", type=int, default=500)
     ap.add_argument("--di-n", type=int, default=1000, help="part A, part B and public sizes of dataset inference")
+    ap.add_argument("--di-reference", type=Path, action="append", default=[],
+                    help="reference encoder(s) that never saw the private data: dataset inference on calibrated scores")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     victim = load_checkpoint(args.victim)
     cfg = VerifyConfig(wm_n=args.wm_n, di_fit=args.di_n, di_private=args.di_n, di_public=args.di_public or args.di_n,
                        di_components=args.di_components)
+    references = {str(p): load_checkpoint(p) for p in args.di_reference}
     todo, missing = suspects(args)
     rows = []
     for s in tqdm(todo, desc="zoo", unit="suspect"):
@@ -158,11 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         if s.get("obfuscation"):
             t = make_transform(s["obfuscation"], load_checkpoint(s["path"]).config.representation_dim,
                                np.random.default_rng(s["obfuscation_seed"]), pad=16)
-        rep = verify(victim, LocalSuspect(s["path"], transform=t, name=s["name"]), cfg, victim_name=str(args.victim))
+        rep = verify(victim, LocalSuspect(s["path"], transform=t, name=s["name"]), cfg, victim_name=str(args.victim),
+                     references=references)
         r = {k: str(v) if isinstance(v, Path) else v for k, v in s.items()}
         for m in ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "similarity"):
             row = rep.row(m)
-            r[m] = {"value": row.value, "p": row.p_value, "verdict": row.verdict} if row else None
+            r[m] = {"value": row.value, "p": row.p_value, "verdict": row.verdict,
+                    "raw": [row.detail.get("t_uncalibrated"), row.detail.get("p_uncalibrated")]} if row else None
         r["overall"], r["queries"], r["seconds"] = rep.overall, rep.queries["sent"], rep.seconds
         rows.append(r)
         tqdm.write(f"{s['name']:32s} truth={s['truth']:11s} overall={rep.overall:11s} "
@@ -174,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         x = r[m]
         if x is None or x["value"] is None:
             return "n/a"
-        return f"{x['value']:.3f} / {_p(x['p'])} -> {x['verdict']}"
+        raw = (x.get("raw") or [None])[0]
+        return f"{x['value']:.3f} / {_p(x['p'])} -> {x['verdict']}" + ("" if raw is None else f" (raw t {raw:.2f})")
 
     tab = [{"suspect": r["name"], "truth": r["truth"], "watermark (acc / p)": cell(r, "watermark"),
             "aligned watermark": cell(r, "watermark_aligned"), "DI (t / p)": cell(r, "dataset_inference"),

@@ -55,6 +55,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                        di_public=args.di_public, di_public_split=args.di_public_split, di_components=args.components,
                        di_alternative=args.di_alternative, wm_margin=args.wm_margin,
                        mi_dims=args.mi_dims, seed=args.seed, methods=tuple(args.methods or METHODS))
+    references = {str(r): load_checkpoint(r) for r in args.di_reference or []}
     transform = None
     if args.obfuscate:  # testing aid: obfuscate a *local* suspect's answers (keyed by --obfuscate-seed)
         transform = make_transform(args.obfuscate, load_checkpoint(args.suspect).config.representation_dim,
@@ -64,7 +65,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         with open_suspect(args.suspect, api_key=api_key, transform=transform, progress=not args.quiet,
                           **({"max_wait_s": args.max_wait_s, "pow_workers": args.pow_workers}
                              if str(args.suspect).startswith(("http://", "https://")) else {})) as suspect:
-            rep = verify(victim, suspect, cfg, victim_name=str(args.victim), progress=not args.quiet)
+            rep = verify(victim, suspect, cfg, victim_name=str(args.victim), progress=not args.quiet,
+                         references=references)
     except SuspectError as e:
         print(f"heist-defend verify: suspect error (no verdict): {e}", file=sys.stderr)
         return 3
@@ -120,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--di-alternative", choices=["victim", "greater", "less", "two-sided"], default="victim",
                    help="side of the DI t-test: victim (default) learns it on the victim's own members vs public images; "
                         "greater is the paper's (members more likely)")
+    v.add_argument("--di-reference", action="append", metavar="DIR",
+                   help="reference encoder (checkpoint folder) that never saw the private data, e.g. trained on public data; "
+                        "dataset inference then tests reference-calibrated log-likelihoods (repeatable; the raw test stays "
+                        "in the JSON)")
     v.add_argument("--mi-dims", type=int, default=16, help="whitened dimensions for the MI estimator")
     v.add_argument("--methods", nargs="+", help="subset of: watermark watermark_aligned dataset_inference dataset_inference_aligned similarity")
     v.add_argument("--seed", type=int, default=0)

@@ -16,8 +16,14 @@ def fmt(x: float | None, p: bool = False) -> str:
     return f"{x:.2e}" if p else f"{x:.4g}"
 
 
+def _statistic(r) -> str:
+    if r.detail.get("t_uncalibrated") is None:
+        return r.statistic
+    return f"{r.statistic}; raw t {fmt(r.detail['t_uncalibrated'])}, p {fmt(r.detail['p_uncalibrated'], p=True)}"
+
+
 def table_rows(rep: VerifyReport) -> list[list[str]]:
-    return [[r.method, r.statistic, fmt(r.value), fmt(r.p_value, p=True), r.verdict] for r in rep.rows]
+    return [[r.method, _statistic(r), fmt(r.value), fmt(r.p_value, p=True), r.verdict] for r in rep.rows]
 
 
 def text_table(rep: VerifyReport) -> str:
@@ -72,7 +78,9 @@ def plots(rep: VerifyReport, out: Path) -> list[Path]:
         ax.hist(a["ll_public"], bins=bins, alpha=0.6, label=f"public (n={len(a['ll_public'])})", density=True)
         di = rep.row("dataset_inference") or rep.row("dataset_inference_aligned")
         ax.set_title(f"dataset inference: t={di.value:.2f}, p={di.p_value:.2e}" if di and di.value is not None else "dataset inference")
-        ax.set_xlabel("GMM log-likelihood of the suspect's representation")
+        calibrated = bool(di and di.detail.get("references"))
+        ax.set_xlabel("GMM log-likelihood of the suspect's representation"
+                      + (", minus the references' fit (calibrated)" if calibrated else ""))
         ax.legend()
         made.append(_save(fig, out / "loglik_hist.png"))
     wm = [(m, a[f"{m}_accuracy"], a[f"{m}_n"]) for m in ("watermark", "watermark_aligned") if f"{m}_accuracy" in a]

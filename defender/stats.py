@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy import special, stats
@@ -111,6 +111,10 @@ class DatasetInferenceResult:
     verdict: str               # "stolen" (p < alpha) or "independent"
     ll_private: np.ndarray = field(repr=False, compare=False)
     ll_public: np.ndarray = field(repr=False, compare=False)
+    references: int = 0        # reference encoders the scores were calibrated against (0: the paper's raw test)
+    reference_r2: float | None = None       # share of the raw scores' variance the references explain
+    t_uncalibrated: float | None = None     # the raw test, when calibrated
+    p_uncalibrated: float | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -137,6 +141,16 @@ def _gmm_scores(fit: np.ndarray, *score: np.ndarray, components: int, seed: int,
     return [gmm.score_samples(l2_normalise(x)) for x in score]
 
 
+def _welch(ll_b: np.ndarray, ll_p: np.ndarray, alternative: str) -> tuple[float, float, float]:
+    """(t, p, Cohen's d) of a Welch t-test; both samples constant: no evidence (t 0, p 1)."""
+    res = stats.ttest_ind(ll_b, ll_p, equal_var=False, alternative=alternative)
+    t, pv = float(res.statistic), float(res.pvalue)
+    if not math.isfinite(pv):
+        t, pv = 0.0, 1.0
+    pooled = math.sqrt((ll_b.var(ddof=1) + ll_p.var(ddof=1)) / 2) or float("nan")
+    return t, pv, float((ll_b.mean() - ll_p.mean()) / pooled)
+
+
 def dataset_inference(part_a: np.ndarray, part_b: np.ndarray, public: np.ndarray, components: int = 10,
                       alpha: float = 0.01, seed: int = 0, reg_covar: float = 1e-6,
                       alternative: str = "greater", crossfit: bool = False) -> DatasetInferenceResult:
@@ -161,16 +175,47 @@ def dataset_inference(part_a: np.ndarray, part_b: np.ndarray, public: np.ndarray
     if crossfit:
         ll_a, ll_p2 = _gmm_scores(b, a, p[1::2], components=components, seed=seed, reg_covar=reg_covar)
         ll_b, ll_p = np.concatenate([ll_b, ll_a]), np.concatenate([ll_p, ll_p2])
-    res = stats.ttest_ind(ll_b, ll_p, equal_var=False, alternative=alternative)
-    t, pv = float(res.statistic), float(res.pvalue)
-    if not math.isfinite(pv):  # both samples constant: no evidence either way
-        t, pv = 0.0, 1.0
-    pooled = math.sqrt((ll_b.var(ddof=1) + ll_p.var(ddof=1)) / 2) or float("nan")
+    t, pv, d = _welch(ll_b, ll_p, alternative)
     return DatasetInferenceResult(
         t_statistic=t, p_value=pv, mean_ll_private=float(ll_b.mean()), mean_ll_public=float(ll_p.mean()),
-        effect=float((ll_b.mean() - ll_p.mean()) / pooled), n_fit=len(a), n_private=len(ll_b), n_public=len(p),
+        effect=d, n_fit=len(a), n_private=len(ll_b), n_public=len(p),
         components=components, alpha=alpha, crossfit=crossfit, alternative=alternative, verdict="stolen" if pv < alpha else "independent",
         ll_private=ll_b, ll_public=ll_p)
+
+
+def calibrate(di: DatasetInferenceResult, references: list[DatasetInferenceResult]) -> DatasetInferenceResult:
+    """Dataset inference on reference-calibrated scores (difficulty calibration).
+
+    Much of a log-likelihood's spread is the image itself: a plain image is typical in every
+    encoder, a cluttered one atypical. ``references`` are the same test run on encoders that never
+    saw the private data (same parts, components and cross-fitting, so rows line up). Each image's
+    suspect score is regressed on its reference scores (ordinary least squares over private and
+    public rows pooled, blind to which is which) and the Welch test is run on the residuals: what is
+    left is what the suspect's density says about an image beyond how typical it is anyway.
+
+    Under independence the pooled fit is symmetric in the labels, so private and public residuals
+    stay exchangeable and the p-value keeps its level (tests/test_defender_stats.py checks the
+    false-positive rate). The raw test is kept in ``t_uncalibrated`` / ``p_uncalibrated``.
+    """
+    if not references:
+        return di
+    nb = len(di.ll_private)
+    y = np.concatenate([di.ll_private, di.ll_public])
+    cols = [np.ones_like(y)]
+    for r in references:
+        if len(r.ll_private) != nb or len(r.ll_public) != len(di.ll_public) or r.crossfit != di.crossfit:
+            raise ValueError("a reference must be scored on the same private and public rows as the suspect "
+                             f"({nb} + {len(di.ll_public)}), got {len(r.ll_private)} + {len(r.ll_public)}")
+        cols.append(np.concatenate([r.ll_private, r.ll_public]))
+    x = np.column_stack(cols)
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ beta
+    r2 = r2_score(y[:, None], (x @ beta)[:, None])
+    t, pv, d = _welch(resid[:nb], resid[nb:], di.alternative)
+    return replace(di, t_statistic=t, p_value=pv, effect=d, mean_ll_private=float(resid[:nb].mean()),
+                   mean_ll_public=float(resid[nb:].mean()), verdict="stolen" if pv < di.alpha else "independent",
+                   references=len(references), reference_r2=r2, t_uncalibrated=di.t_statistic,
+                   p_uncalibrated=di.p_value, ll_private=resid[:nb], ll_public=resid[nb:])
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ The victim is the defender's own checkpoint (local); the suspect is only queried
   the ``di_public_split`` split): dataset inference. Its side (``di_alternative``) is by default
   learned on the victim itself (its part A vs public-split images, no suspect queries): the
   paper's "members are more likely" or the opposite, which contrastive memorisation can give.
+  With ``references`` (the defender's own encoders that never saw the private data), the test
+  runs on reference-calibrated scores (:func:`defender.stats.calibrate`); no extra queries.
 
 Identical images are paid for once (the 0-degree copies of part B are part B). The report says
 how many images each check needed and how many the suspect was actually sent.
@@ -24,7 +26,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from defender.stats import dataset_inference, fit_alignment, membership_direction, similarity
+from defender.stats import calibrate, dataset_inference, fit_alignment, membership_direction, similarity
 from defender.suspects import Suspect
 from defender.watermark import watermark_test
 from shared.checkpoint import Checkpoint
@@ -98,8 +100,15 @@ def _finite(x: float | None) -> float | None:
 
 
 def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None, victim_name: str = "victim",
-           progress: bool = False) -> VerifyReport:
+           progress: bool = False, references: dict[str, Checkpoint] | None = None) -> VerifyReport:
+    """Run the checks of ``cfg.methods`` on ``suspect``.
+
+    ``references``: the defender's own encoders that never saw the private data (e.g. trained on
+    public data). When given, dataset inference runs on reference-calibrated scores
+    (:func:`defender.stats.calibrate`); the paper's raw test stays in each row's detail.
+    """
     cfg = cfg or VerifyConfig()
+    references = references or {}
     unknown = set(cfg.methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
@@ -107,18 +116,20 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
     spec = DataSpec.model_validate(victim.config.data["spec"])
     if cfg.di_public_split not in spec.splits or cfg.di_public_split in ("train",):
         raise ValueError(f"di_public_split must be a split the victim was not trained on, got {cfg.di_public_split!r}")
-    n_private = max(cfg.di_fit, cfg.di_private, cfg.wm_n)
+    want = set(cfg.methods)
+    sizes = ([cfg.di_fit, cfg.di_private] if want & {"dataset_inference", "dataset_inference_aligned"} else []) + (
+        [cfg.wm_n] if want & {"watermark", "watermark_aligned"} else [])
+    n_private = max(sizes, default=1)  # only the checks asked for need private images
     part_a, part_b = private_split_indices(spec, size=n_private, seed=cfg.seed,
                                             pool=victim.config.data.get("train_size"))
     train = load_split(spec, "train", progress=progress).images
     public = load_split(spec, "public", progress=progress).images
-    if cfg.align_n > len(public):
+    if cfg.align_n > len(public) and want & {"watermark_aligned", "dataset_inference_aligned", "similarity"}:
         raise ValueError(f"align_n={cfg.align_n} but the public split has {len(public)} images")
     rows: list[Verdict] = []
     arrays: dict = {}
     need: dict[str, int] = {}
     wm_spec = victim.config.watermark
-    want = set(cfg.methods)
     has_wm = victim.watermark is not None and wm_spec is not None
     venc = lambda x: extract_features(victim.encoder, x)  # noqa: E731 - the victim is local
     n_vpub = min(len(public), max(cfg.align_n, cfg.di_public))
@@ -193,10 +204,19 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
             # the map was fitted on public-split answers only: B and the test split stay exchangeable
             variants.append(("dataset_inference_aligned", tuple(align.apply(x) for x in (ra, rb, rp)),
                              {"alignment": align.summary()}))
+        refs = []
+        for ref in references.values():  # local encoders of the defender: scored on the same rows, no suspect queries
+            ref_reps = [extract_features(ref.encoder, x) for x in
+                        (train[part_a[: cfg.di_fit]], train[part_b[: cfg.di_private]], pub_split[: cfg.di_public])]
+            refs.append(dataset_inference(*ref_reps, components=components, alpha=cfg.alpha, seed=cfg.seed,
+                                          alternative=alternative, crossfit=cfg.di_crossfit))
+        if refs:
+            side["reference_tests"] = {n: {"t": round(r.t_statistic, 3), "p": r.p_value} for n, r in zip(references, refs, strict=True)}
         for name, (a_, b_, p_), extra in variants:
-            di = dataset_inference(a_, b_, p_, components=components, alpha=cfg.alpha, seed=cfg.seed,
-                                   alternative=alternative, crossfit=cfg.di_crossfit)
-            rows.append(Verdict(name, f"t (Welch, {alternative})", _finite(di.t_statistic), _finite(di.p_value), di.verdict,
+            di = calibrate(dataset_inference(a_, b_, p_, components=components, alpha=cfg.alpha, seed=cfg.seed,
+                                             alternative=alternative, crossfit=cfg.di_crossfit), refs)
+            label = f"t (Welch, {alternative}{', reference-calibrated' if refs else ''})"
+            rows.append(Verdict(name, label, _finite(di.t_statistic), _finite(di.p_value), di.verdict,
                                 {**di.as_dict(), **side, **extra}))
             if name == "dataset_inference" or "ll_private" not in arrays:
                 arrays["ll_private"], arrays["ll_public"] = di.ll_private, di.ll_public

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from defender.stats import (
+    calibrate,
     dataset_inference,
     fit_alignment,
     knn_entropy,
@@ -83,6 +84,54 @@ def test_cross_fitted_dataset_inference_scores_every_member():
     plain, cross = dataset_inference(a, b, pub, components=5), dataset_inference(a, b, pub, components=5, crossfit=True)
     assert (plain.n_private, cross.n_private, cross.n_public) == (300, 600, 400) and cross.crossfit
     assert cross.verdict == "stolen" and cross.t_statistic > plain.t_statistic  # twice the members: more power
+
+
+def _difficulty_reps(rng, n, atypical, dim=16, member_spread=1.0):
+    """Answers of one encoder: a shared offset plus an image's own atypicality times a random direction.
+
+    ``atypical`` is the images' difficulty (shared by every encoder that looks at them); members of
+    a memorising suspect are spread a little further (``member_spread``)."""
+    offset = np.full(dim, 2.0)
+    return offset + (atypical * member_spread)[:, None] * rng.normal(size=(n, dim))
+
+
+def _difficulty_case(rng, member_spread):
+    n_a, n_b, n_p = 300, 300, 600
+    difficulty = rng.lognormal(0.0, 0.6, size=n_a + n_b + n_p)
+    spread = np.r_[np.full(n_a + n_b, member_spread), np.ones(n_p)]
+    suspect = _difficulty_reps(rng, len(difficulty), difficulty, member_spread=spread)
+    reference = _difficulty_reps(rng, len(difficulty), difficulty)  # never saw the members
+    cut = (slice(0, n_a), slice(n_a, n_a + n_b), slice(n_a + n_b, None))
+    run = lambda x: dataset_inference(*(x[c] for c in cut), components=1, alternative="less", crossfit=True)  # noqa: E731
+    return run(suspect), run(reference)
+
+
+def test_calibrated_dataset_inference_removes_image_difficulty():
+    """Scores driven mostly by how atypical an image is anyway: the raw test barely sees members
+    spread 15% further; regressing out a reference encoder's scores of the same images does."""
+    rng = np.random.default_rng(7)
+    raw, ref = _difficulty_case(rng, member_spread=1.15)
+    cal = calibrate(raw, [ref])
+    assert cal.references == 1 and cal.t_uncalibrated == raw.t_statistic and cal.p_uncalibrated == raw.p_value
+    assert cal.reference_r2 > 0.3
+    assert cal.verdict == "stolen" and cal.p_value < 1e-4
+    assert raw.p_value > 1e-3 and cal.t_statistic < 2 * raw.t_statistic  # both negative: calibrated twice as far out
+    assert calibrate(raw, []) is raw
+
+
+def test_calibrated_dataset_inference_false_positive_rate_is_about_alpha():
+    rng = np.random.default_rng(8)
+    ps = np.array([calibrate(*(lambda r: (r[0], [r[1]]))(_difficulty_case(rng, 1.0))).p_value for _ in range(60)])
+    assert (ps < 0.05).mean() <= 0.15
+    assert 0.3 < np.median(ps) < 0.7
+
+
+def test_calibration_refuses_a_reference_scored_on_other_rows():
+    rng = np.random.default_rng(9)
+    raw, _ = _difficulty_case(rng, 1.0)
+    other = dataset_inference(rng.normal(size=(50, 4)), rng.normal(size=(50, 4)), rng.normal(size=(80, 4)), components=1)
+    with pytest.raises(ValueError, match="same private and public rows"):
+        calibrate(raw, [other])
 
 
 def test_dataset_inference_invariant_to_permutation():

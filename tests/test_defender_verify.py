@@ -228,6 +228,25 @@ def test_cli_verify_local_writes_reports(zoo, tmp_path):
     assert r.returncode == 3 and "no verdict" in r.stderr and "overall" not in r.stdout
 
 
+def test_cli_verify_with_a_reference_encoder(zoo, tmp_path):
+    """--di-reference: dataset inference on reference-calibrated scores; the paper's raw test is kept."""
+    out = tmp_path / "report"
+    r = subprocess.run([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
+                        "--suspect", str(zoo["paths"]["independent"]), "--di-reference", str(zoo["paths"]["stolen"]),
+                        "--out", str(out), "--quiet", "--methods", "dataset_inference", "--di-fit", "100",
+                        "--di-private", "100", "--di-public", "150", "--components", "3"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "reference-calibrated" in r.stdout and "raw t" in r.stdout and "overall: INDEPENDENT" in r.stdout
+    di = json.loads((out / "verify.json").read_text())["rows"][0]["detail"]
+    assert di["references"] == 1 and di["t_uncalibrated"] is not None and 0 <= di["reference_r2"] <= 1
+    assert di["p_value"] > 0.01 and list(di["reference_tests"]) == [str(zoo["paths"]["stolen"])]
+    r = subprocess.run([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
+                        "--suspect", str(zoo["paths"]["independent"]), "--di-reference", str(tmp_path / "missing"),
+                        "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "missing" in r.stderr
+
+
 # ---- HTTP suspects: the victim's own API (the obvious "stolen" endpoint) on real uvicorn + Redis --------
 
 @pytest.fixture(scope="module")
