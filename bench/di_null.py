@@ -1,0 +1,89 @@
+"""Empirical null of dataset inference: the same test on pools of images nobody trained on.
+
+The zoo tests every suspect on one fixed sample, the victim's private set. An independent suspect's
+p-value on it is one draw, and all suspects share the draw. This bench puts it in context: for
+each suspect it runs the zoo's test (cross-fitted, the side and GMM size given here, optionally
+reference-calibrated) on the victim's private set and on ``--pools`` disjoint blocks of the train
+split beyond the victim's ``train_size`` (same distribution, never seen by the victim). For an
+independent suspect every pool is a null draw; for the victim and its copies only the private set
+carries the signal.
+
+Usage: ``python -m bench.di_null --victim runs/di5/victim --reference runs/di_ref/reference-dataseed2
+--suspects runs/di5/independent-dataseed1 runs/di5/independent-shifted runs/di5/stolen-infonce-4000``.
+Writes results/di_null.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench._common import table, write_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--victim", type=Path, required=True)
+    ap.add_argument("--suspects", type=Path, nargs="+", required=True)
+    ap.add_argument("--reference", type=Path, action="append", default=[], help="reference encoder(s) for calibration")
+    ap.add_argument("--pools", type=int, default=8, help="null pools of the victim's private-set size")
+    ap.add_argument("--public", type=int, default=4000, help="test-split images as public data")
+    ap.add_argument("--components", type=int, default=1)
+    ap.add_argument("--alternative", choices=["less", "greater"], default="less")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from defender.stats import calibrate, dataset_inference
+    from shared.checkpoint import load_checkpoint
+    from shared.data.synthetic import DataSpec, load_split
+    from shared.probe import extract_features
+
+    torch.set_num_threads(args.threads)
+    victim = load_checkpoint(args.victim)
+    spec = DataSpec.model_validate(victim.config.data["spec"])
+    size = victim.config.data.get("train_size")
+    if size is None:
+        raise SystemExit("the victim trained on its whole train split: there is no unseen pool of that split")
+    train = load_split(spec, "train").images
+    public = load_split(spec, "test").images[: args.public]
+    pools = [("private", train[:size])] + [
+        (f"null{j}", train[size * j: size * (j + 1)]) for j in range(1, args.pools + 1) if size * (j + 1) <= len(train)]
+    half = np.random.default_rng([0, 0xA11CE]).permutation(size)
+
+    def tests(enc) -> list:
+        out, rp = [], extract_features(enc, public)
+        for _, pool in pools:
+            ra, rb = extract_features(enc, pool[half[: size // 2]]), extract_features(enc, pool[half[size // 2:]])
+            out.append(dataset_inference(ra, rb, rp, components=args.components, alternative=args.alternative, crossfit=True))
+        return out
+
+    refs = [tests(load_checkpoint(r).encoder) for r in args.reference]
+    rows, payload = [], []
+    for path in tqdm(args.suspects, desc="suspects", unit="suspect"):
+        raw = tests(load_checkpoint(path).encoder)
+        cal = [calibrate(r, [ref[i] for ref in refs]) for i, r in enumerate(raw)]
+        t = np.array([c.t_statistic for c in cal])
+        null = t[1:]
+        rows.append({"suspect": path.name, "t private (p)": f"{t[0]:+.2f} ({cal[0].p_value:.3g})",
+                     "t null pools": " ".join(f"{x:+.1f}" for x in null),
+                     "null mean / sd": f"{null.mean():+.2f} / {null.std(ddof=1):.2f}",
+                     "null pools with p < 0.05": f"{int((np.array([c.p_value for c in cal[1:]]) < 0.05).sum())}/{len(null)}"})
+        payload.append({"suspect": str(path), "pools": [name for name, _ in pools], "t": t.tolist(),
+                        "p": [c.p_value for c in cal], "t_raw": [r.t_statistic for r in raw]})
+    cols = ["suspect", "t private (p)", "t null pools", "null mean / sd", "null pools with p < 0.05"]
+    print(table(rows, cols))
+    path = write_json("di_null", {"args": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
+                                           for k, v in vars(args).items()},
+                                  "references": [str(r) for r in args.reference], "suspects": payload})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
