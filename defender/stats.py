@@ -7,6 +7,8 @@
   private part A; log-likelihoods of private part B vs public data; one-sided Welch t-test.
   :func:`membership_direction` learns the side of that test from the victim itself (cross-fitted
   on part A vs other public images), because memorisation can also make members *less* typical.
+  :func:`calibrate` runs that test on scores regressed on a reference encoder's (difficulty
+  calibration: what the suspect's density says beyond how typical an image is anyway).
 - :func:`similarity`: l2 and cosine between answers to the same inputs (rows standardised then
   L2-normalised) and mutual information from the Kozachenko-Leonenko 1-NN entropy estimator.
 """
