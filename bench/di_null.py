@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from defender.stats import calibrate, dataset_inference
     from shared.checkpoint import load_checkpoint
-    from shared.data.synthetic import DataSpec, load_split
+    from shared.data.synthetic import DataSpec, load_split, private_split_indices
     from shared.probe import extract_features
 
     torch.set_num_threads(args.threads)
@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     public = load_split(spec, "test").images[: args.public]
     pools = [("private", train[:size])] + [
         (f"null{j}", train[size * j: size * (j + 1)]) for j in range(1, args.pools + 1) if size * (j + 1) <= len(train)]
-    half = np.random.default_rng([0, 0xA11CE]).permutation(size)
+    part_a, part_b = private_split_indices(spec, size=size // 2, seed=0, pool=size)  # verify's parts A and B
 
     def tests(enc) -> list:
         out, rp = [], extract_features(enc, public)
         for _, pool in pools:
-            ra, rb = extract_features(enc, pool[half[: size // 2]]), extract_features(enc, pool[half[size // 2:]])
+            ra, rb = extract_features(enc, pool[part_a]), extract_features(enc, pool[part_b])
             out.append(dataset_inference(ra, rb, rp, components=args.components, alternative=args.alternative, crossfit=True))
         return out
 

@@ -282,7 +282,7 @@ def test_native_thread_limits_apply_on_the_event_loop_thread(tiny_checkpoint):
 
     gc.unfreeze()
 
-    async def inside() -> tuple[int, list[int], int]:
+    async def inside() -> tuple[int, list[int], int, float]:
         async with app.router.lifespan_context(app):  # read on the loop's own thread
             return (faiss.omp_get_max_threads(), [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"],
                     gc.get_freeze_count(), sys.getswitchinterval())
