@@ -21,12 +21,14 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from defender.stats import calibrate, dataset_inference, fit_alignment, membership_direction, similarity
+from defender.stats import DatasetInferenceResult, calibrate, dataset_inference, fit_alignment, membership_direction, similarity
 from defender.suspects import Suspect
 from defender.watermark import watermark_test
 from shared.checkpoint import Checkpoint
@@ -93,6 +95,28 @@ class VerifyReport:
 
     def row(self, method: str) -> Verdict | None:
         return next((r for r in self.rows if r.method == method), None)
+
+
+_REFERENCE_CACHE: dict[tuple, tuple[Checkpoint, DatasetInferenceResult]] = {}
+
+
+def _reference_test(ref: Checkpoint, rows_key: tuple, images: Callable[[], tuple[np.ndarray, ...]],
+                    **di_kwargs) -> DatasetInferenceResult:
+    """A reference encoder's raw dataset-inference test on the private and public rows.
+
+    It does not depend on the suspect, so one reference object on the same rows and settings is
+    encoded and scored once per process: the zoo verifies many suspects against one panel. The
+    cache holds the checkpoint itself, so its ``id`` cannot be reused while the entry lives.
+    """
+    key = (id(ref), rows_key, tuple(sorted(di_kwargs.items())))
+    hit = _REFERENCE_CACHE.get(key)
+    if hit is not None and hit[0] is ref:
+        return hit[1]
+    res = dataset_inference(*(extract_features(ref.encoder, x) for x in images()), **di_kwargs)
+    if len(_REFERENCE_CACHE) >= 64:
+        _REFERENCE_CACHE.clear()
+    _REFERENCE_CACHE[key] = (ref, res)
+    return res
 
 
 def _finite(x: float | None) -> float | None:
@@ -204,12 +228,14 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
             # the map was fitted on public-split answers only: B and the test split stay exchangeable
             variants.append(("dataset_inference_aligned", tuple(align.apply(x) for x in (ra, rb, rp)),
                              {"alignment": align.summary()}))
-        refs = []
-        for ref in references.values():  # local encoders of the defender: scored on the same rows, no suspect queries
-            ref_reps = [extract_features(ref.encoder, x) for x in
-                        (train[part_a[: cfg.di_fit]], train[part_b[: cfg.di_private]], pub_split[: cfg.di_public])]
-            refs.append(dataset_inference(*ref_reps, components=components, alpha=cfg.alpha, seed=cfg.seed,
-                                          alternative=alternative, crossfit=cfg.di_crossfit))
+        # local encoders of the defender: scored on the same rows, no suspect queries
+        rows_key = (spec.digest(), cfg.di_public_split, cfg.di_public,
+                    part_a[: cfg.di_fit].tobytes(), part_b[: cfg.di_private].tobytes())
+        refs = [_reference_test(ref, rows_key, lambda: (train[part_a[: cfg.di_fit]], train[part_b[: cfg.di_private]],
+                                                        pub_split[: cfg.di_public]),
+                                components=components, alpha=cfg.alpha, seed=cfg.seed, alternative=alternative,
+                                crossfit=cfg.di_crossfit)
+                for ref in references.values()]
         if refs:
             side["reference_tests"] = {n: {"t": round(r.t_statistic, 3), "p": r.p_value} for n, r in zip(references, refs, strict=True)}
         for name, (a_, b_, p_), extra in variants:

@@ -177,6 +177,29 @@ def test_query_count_and_cache(zoo):
     assert s.queries == rep.queries["sent"]  # already answered: not sent again
 
 
+def test_reference_panel_is_encoded_once_across_suspects(zoo, monkeypatch):
+    """The zoo verifies many suspects against one panel: a reference's test is computed once per
+    process, and reusing it changes nothing (same calibrated t as a cold run)."""
+    import defender.verify as dv
+
+    cfg = CFG.model_copy(update={"methods": ("dataset_inference",)})
+    refs = {"ref": zoo["stolen"]}
+    dv._REFERENCE_CACHE.clear()
+    cold = verify(zoo["victim"], LocalSuspect(zoo["paths"]["independent"]), cfg, references=refs).row("dataset_inference")
+    calls = []
+    real = dv.extract_features
+    monkeypatch.setattr(dv, "extract_features", lambda enc, x: calls.append(enc) or real(enc, x))
+    for name in ("independent", "victim"):
+        rep = verify(zoo["victim"], LocalSuspect(zoo["paths"][name]), cfg, references=refs)
+        assert rep.row("dataset_inference").detail["references"] == 1
+    assert not any(enc is zoo["stolen"].encoder for enc in calls)  # the reference was not encoded again
+    warm = verify(zoo["victim"], LocalSuspect(zoo["paths"]["independent"]), cfg, references=refs).row("dataset_inference")
+    assert warm.value == cold.value and warm.p_value == cold.p_value
+    other = {"ref": zoo["independent"]}  # another reference object: its own entry, not the cached one
+    rep = verify(zoo["victim"], LocalSuspect(zoo["paths"]["independent"]), cfg, references=other)
+    assert any(enc is zoo["independent"].encoder for enc in calls[-8:]) and rep.row("dataset_inference").value != cold.value
+
+
 def _bad(fn):
     return FunctionSuspect("bad", fn)
 
