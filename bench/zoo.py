@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                        di_components=args.di_components)
     references = {str(p): load_checkpoint(p) for p in args.di_reference}
     todo, missing = suspects(args)
-    rows = []
+    rows, ref_tests = [], {}
     for s in tqdm(todo, desc="zoo", unit="suspect"):
         t = None
         if s.get("obfuscation"):
@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         for m in ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "similarity"):
             row = rep.row(m)
             r[m] = {"value": row.value, "p": row.p_value, "verdict": row.verdict,
-                    "raw": [row.detail.get("t_uncalibrated"), row.detail.get("p_uncalibrated")]} if row else None
+                    "raw": [row.detail.get("t_uncalibrated"), row.detail.get("p_uncalibrated")],
+                    "reference_r2": row.detail.get("reference_r2")} if row else None
+        ref_tests = (rep.row("dataset_inference") or rep.row("dataset_inference_aligned")).detail.get("reference_tests", ref_tests)
         r["overall"], r["queries"], r["seconds"] = rep.overall, rep.queries["sent"], rep.seconds
         rows.append(r)
         tqdm.write(f"{s['name']:32s} truth={s['truth']:11s} overall={rep.overall:11s} "
@@ -206,12 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(conf_lines))
     if missing:
         print("missing suspects:\n  " + "\n  ".join(missing))
-    write_json(args.out, {"config": cfg.model_dump(), "rows": rows, "confusion": conf, "missing": missing})
+    if ref_tests:  # the references' own raw DI tests on the private rows: the offset calibration removes
+        print("references' raw DI tests: " + ", ".join(f"{n}: t={v['t']}" for n, v in ref_tests.items()))
+    write_json(args.out, {"config": cfg.model_dump(), "references": ref_tests, "rows": rows, "confusion": conf,
+                          "missing": missing})
     print(f"wrote {plot(rows, cfg.alpha, RESULTS / (args.out + '.png'))}")
     md = ["# Defender model zoo", "", "`nice -n 10 python -m bench.zoo " + " ".join(argv or sys.argv[1:]) + "`", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(t[c]) for c in cols) + " |" for t in tab]
     md += ["", "## Confusion (truth x verdict)", "", "```", *conf_lines, "```", ""]
+    if ref_tests:
+        md += ["## Reference encoders (dataset-inference calibration)", "",
+               *[f"- `{n}`: raw DI t = {v['t']} (p = {_p(v['p'])}) on the private rows" for n, v in ref_tests.items()], ""]
     if missing:
         md += ["## Missing suspects", "", *[f"- {m}" for m in missing], ""]
     (RESULTS / f"{args.out}.md").write_text("\n".join(md))
