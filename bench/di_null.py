@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--components", type=int, default=1)
     ap.add_argument("--alternative", choices=["less", "greater"], default="less")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="di_null", help="results/<out>.json")
     args = ap.parse_args(argv)
 
     import torch
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                         "p": [c.p_value for c in cal], "t_raw": [r.t_statistic for r in raw]})
     cols = ["suspect", "t private (p)", "t null pools", "null mean / sd", "null pools with p < 0.05"]
     print(table(rows, cols))
-    path = write_json("di_null", {"args": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
+    path = write_json(args.out, {"args": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
                                            for k, v in vars(args).items()},
                                   "references": [str(r) for r in args.reference], "suspects": payload})
     print(f"wrote {path}")
