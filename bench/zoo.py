@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             r[m] = {"value": row.value, "p": row.p_value, "verdict": row.verdict,
                     "raw": [row.detail.get("t_uncalibrated"), row.detail.get("p_uncalibrated")],
                     "reference_r2": row.detail.get("reference_r2")} if row else None
-        ref_tests = (rep.row("dataset_inference") or rep.row("dataset_inference_aligned")).detail.get("reference_tests", ref_tests)
+        ref_tests = next((r.detail["reference_tests"] for r in rep.rows if "reference_tests" in r.detail), ref_tests)
         r["overall"], r["queries"], r["seconds"] = rep.overall, rep.queries["sent"], rep.seconds
         rows.append(r)
         tqdm.write(f"{s['name']:32s} truth={s['truth']:11s} overall={rep.overall:11s} "
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(conf_lines))
     if missing:
         print("missing suspects:\n  " + "\n  ".join(missing))
-    if ref_tests:  # the references' own raw DI tests on the private rows: the offset calibration removes
+    if ref_tests:  # the references' own raw DI tests on the private rows (the same for every suspect)
         print("references' raw DI tests: " + ", ".join(f"{n}: t={v['t']}" for n, v in ref_tests.items()))
     write_json(args.out, {"config": cfg.model_dump(), "references": ref_tests, "rows": rows, "confusion": conf,
                           "missing": missing})
