@@ -144,8 +144,13 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
     sizes = ([cfg.di_fit, cfg.di_private] if want & {"dataset_inference", "dataset_inference_aligned"} else []) + (
         [cfg.wm_n] if want & {"watermark", "watermark_aligned"} else [])
     n_private = max(sizes, default=1)  # only the checks asked for need private images
-    part_a, part_b = private_split_indices(spec, size=n_private, seed=cfg.seed,
-                                            pool=victim.config.data.get("train_size"))
+    pool = victim.config.data.get("train_size")
+    n_train = spec.splits["train"].size if pool is None else min(pool, spec.splits["train"].size)
+    if 2 * n_private > n_train:
+        raise ValueError(f"the checks need two private parts of {n_private} images (di_fit={cfg.di_fit}, "
+                         f"di_private={cfg.di_private}, wm_n={cfg.wm_n}) but the victim's private set has {n_train}: "
+                         f"use at most {n_train // 2} each (heist-defend verify --di-fit/--di-private/--wm-n)")
+    part_a, part_b = private_split_indices(spec, size=n_private, seed=cfg.seed, pool=pool)
     train = load_split(spec, "train", progress=progress).images
     public = load_split(spec, "public", progress=progress).images
     if cfg.align_n > len(public) and want & {"watermark_aligned", "dataset_inference_aligned", "similarity"}:

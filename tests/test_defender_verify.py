@@ -201,6 +201,14 @@ def test_reference_panel_is_encoded_once_across_suspects(zoo, monkeypatch):
     assert any(enc is zoo["independent"].encoder for enc in calls[n:]) and rep.row("dataset_inference").value != cold.value
 
 
+def test_private_parts_larger_than_the_private_set_fail_before_any_query(zoo):
+    """A victim trained on few images (train_size) cannot give parts of the default 1,000: the error names the flags."""
+    s = LocalSuspect(zoo["paths"]["independent"])
+    with pytest.raises(ValueError, match=r"two private parts of 121 .* private set has 240: use at most 120 each .*--di-fit"):
+        verify(zoo["victim"], s, CFG.model_copy(update={"di_private": PRIVATE + 1}))
+    assert s.queries == 0
+
+
 def _bad(fn):
     return FunctionSuspect("bad", fn)
 
@@ -252,7 +260,7 @@ def test_cli_verify_local_writes_reports(zoo, tmp_path):
     assert r.returncode == 3 and "no verdict" in r.stderr and "overall" not in r.stdout
 
 
-def test_cli_verify_with_a_reference_encoder(zoo, tmp_path):
+def test_cli_verify_with_a_reference_encoder(zoo, tmp_path, capsys):
     """--di-reference: dataset inference on reference-calibrated scores; the paper's raw test is kept."""
     out = tmp_path / "report"
     r = subprocess.run([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
@@ -265,10 +273,11 @@ def test_cli_verify_with_a_reference_encoder(zoo, tmp_path):
     di = json.loads((out / "verify.json").read_text())["rows"][0]["detail"]
     assert di["references"] == 1 and di["t_uncalibrated"] is not None and 0 <= di["reference_r2"] <= 1
     assert di["p_value"] > 0.01 and list(di["reference_tests"]) == [str(zoo["paths"]["stolen"])]
-    r = subprocess.run([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
-                        "--suspect", str(zoo["paths"]["independent"]), "--di-reference", str(tmp_path / "missing"),
-                        "--quiet"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "missing" in r.stderr
+    from defender.cli import main  # the error path in-process (the subprocess above covers the entry point)
+
+    rc = main(["verify", "--victim", str(zoo["paths"]["victim"]), "--suspect", str(zoo["paths"]["independent"]),
+               "--di-reference", str(tmp_path / "missing"), "--quiet"])
+    assert rc == 2 and "missing" in capsys.readouterr().err
 
 
 # ---- HTTP suspects: the victim's own API (the obvious "stolen" endpoint) on real uvicorn + Redis --------
