@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy import special, stats
-from sklearn.mixture import GaussianMixture
 
 
 def _check(name: str, x: np.ndarray, min_rows: int = 2) -> np.ndarray:
@@ -138,6 +137,8 @@ ALTERNATIVES = ("greater", "less", "two-sided")
 def _gmm_scores(fit: np.ndarray, *score: np.ndarray, components: int, seed: int, reg_covar: float) -> list[np.ndarray]:
     if components < 1 or components > len(fit):
         raise ValueError(f"components must be in 1..{len(fit)} (the size of the fitted part), got {components}")
+    from sklearn.mixture import GaussianMixture  # a few seconds of import: only processes that fit a GMM pay them
+
     gmm = GaussianMixture(n_components=components, covariance_type="diag", reg_covar=reg_covar, random_state=seed, max_iter=200)
     gmm.fit(l2_normalise(fit))
     return [gmm.score_samples(l2_normalise(x)) for x in score]
