@@ -32,7 +32,7 @@ from defender.stats import DatasetInferenceResult, calibrate, dataset_inference,
 from defender.suspects import Suspect
 from defender.watermark import watermark_test
 from shared.checkpoint import Checkpoint
-from shared.data.synthetic import DataSpec, load_split, private_split_indices
+from shared.data.synthetic import DataSpec, load_split, private_set_size, private_split_indices
 from shared.probe import extract_features
 from shared.train.evaluate import random_init_like
 from shared.watermark import predict, rotated_copies
@@ -145,12 +145,13 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
         [cfg.wm_n] if want & {"watermark", "watermark_aligned"} else [])
     n_private = max(sizes, default=1)  # only the checks asked for need private images
     pool = victim.config.data.get("train_size")
-    n_train = spec.splits["train"].size if pool is None else min(pool, spec.splits["train"].size)
-    if 2 * n_private > n_train:
+    try:
+        part_a, part_b = private_split_indices(spec, size=n_private, seed=cfg.seed, pool=pool)
+    except ValueError as e:  # before any query: say which settings to lower
+        n_train = private_set_size(spec, pool)
         raise ValueError(f"the checks need two private parts of {n_private} images (di_fit={cfg.di_fit}, "
                          f"di_private={cfg.di_private}, wm_n={cfg.wm_n}) but the victim's private set has {n_train}: "
-                         f"use at most {n_train // 2} each (heist-defend verify --di-fit/--di-private/--wm-n)")
-    part_a, part_b = private_split_indices(spec, size=n_private, seed=cfg.seed, pool=pool)
+                         f"use at most {n_train // 2} each (heist-defend verify --di-fit/--di-private/--wm-n)") from e
     train = load_split(spec, "train", progress=progress).images
     public = load_split(spec, "public", progress=progress).images
     if cfg.align_n > len(public) and want & {"watermark_aligned", "dataset_inference_aligned", "similarity"}:

@@ -140,6 +140,11 @@ def make_all(spec: DataSpec, root: Path | None = None, progress: bool = True) ->
     return {s: load_split(spec, s, root, progress) for s in spec.splits}
 
 
+def private_set_size(spec: DataSpec, pool: int | None = None) -> int:
+    """Images in the victim's private set: the first ``pool`` of the train split (None: all of it)."""
+    return spec.splits["train"].size if pool is None else min(pool, spec.splits["train"].size)
+
+
 def private_split_indices(spec: DataSpec, size: int = 1000, seed: int = 0,
                           pool: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The defender's private parts A and B: disjoint index sets into the victim's private set.
@@ -147,7 +152,7 @@ def private_split_indices(spec: DataSpec, size: int = 1000, seed: int = 0,
     The private set is the first ``pool`` images of the train split (the victim's ``train_size``;
     None: the whole split).
     """
-    n = spec.splits["train"].size if pool is None else min(pool, spec.splits["train"].size)
+    n = private_set_size(spec, pool)
     if 2 * size > n:
         raise ValueError(f"private parts of {size} need {2 * size} training images, the private set has {n}")
     perm = np.random.default_rng([seed, 0xA11CE]).permutation(n)
