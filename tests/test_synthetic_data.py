@@ -92,3 +92,36 @@ def test_private_parts_disjoint_and_in_range():
 def test_unknown_domain_rejected():
     with pytest.raises(ValueError, match="unknown domain"):
         SplitSpec(domain="cartoon", size=10)
+
+
+class _DrawSpy:
+    """A numpy Generator that records the size of every draw (position of ``size`` per method)."""
+
+    SIZE_ARG = {"integers": 2, "uniform": 2, "normal": 2, "random": 0, "choice": 1}
+
+    def __init__(self, rng: np.random.Generator):
+        self._rng, self.sizes = rng, []
+
+    def __getattr__(self, name):
+        method = getattr(self._rng, name)
+        if name not in self.SIZE_ARG:
+            raise AssertionError(f"render_chunk drew with rng.{name}, which the spy does not know")
+
+        def draw(*args, **kwargs):
+            pos = self.SIZE_ARG[name]
+            size = kwargs.get("size", args[pos] if len(args) > pos else None)
+            self.sizes.append((name, size))
+            return method(*args, **kwargs)
+        return draw
+
+
+@pytest.mark.parametrize("domain", ["photo", "sketch"])
+def test_every_random_parameter_is_drawn_per_image(domain):
+    """No chunk-level parameter: a set made of few chunks (the victim's 500 private images are two)
+    must be exchangeable with public data, or dataset inference sees a shift in every encoder.
+    Data v1 drew the blob field's frequency once per chunk; this test failed on it."""
+    n = 40
+    spy = _DrawSpy(np.random.default_rng(3))
+    render_chunk(spy, n, 32, domain)
+    shared = [(name, size) for name, size in spy.sizes if size is None or np.atleast_1d(size)[0] != n]
+    assert spy.sizes and not shared, f"draws shared by the whole chunk: {shared}"

@@ -70,14 +70,26 @@ def _paint(canvas: np.ndarray, mask: np.ndarray, color: np.ndarray, alpha: float
     canvas += a * col
 
 
-def _smooth_field(rng: np.random.Generator, n: int, size: int, cells: int) -> np.ndarray:
-    """Low-frequency random field in [-1, 1]: bilinear upsampling of a cells x cells grid."""
-    coarse = rng.uniform(-1, 1, (n, cells + 1, cells + 1)).astype(np.float32)
-    pos = np.linspace(0, cells, size, dtype=np.float32)
-    i0 = np.minimum(pos.astype(np.int64), cells - 1)
-    f = pos - i0
-    rows = coarse[:, i0, :] * (1 - f)[None, :, None] + coarse[:, i0 + 1, :] * f[None, :, None]
-    return rows[:, :, i0] * (1 - f)[None, None, :] + rows[:, :, i0 + 1] * f[None, None, :]
+def _smooth_field(rng: np.random.Generator, n: int, size: int, cells: np.ndarray) -> np.ndarray:
+    """Low-frequency random field in [-1, 1]: bilinear upsampling of a cells x cells grid per image.
+
+    ``cells`` is drawn per image, never per chunk: a chunk-level parameter would make the images of
+    one chunk share a look, and a set made of few chunks (the victim's 500 private images are two)
+    would differ from public data in every encoder, which breaks dataset inference's null.
+    """
+    cells = np.asarray(cells, dtype=np.int64).reshape(n)
+    top = int(cells.max(initial=1))
+    coarse = rng.uniform(-1, 1, (n, top + 1, top + 1)).astype(np.float32)
+    out = np.empty((n, size, size), dtype=np.float32)
+    for c in np.unique(cells):
+        idx = np.flatnonzero(cells == c)
+        g = coarse[idx, : c + 1, : c + 1]
+        pos = np.linspace(0, c, size, dtype=np.float32)
+        i0 = np.minimum(pos.astype(np.int64), c - 1)
+        f = pos - i0
+        rows = g[:, i0, :] * (1 - f)[None, :, None] + g[:, i0 + 1, :] * f[None, :, None]
+        out[idx] = rows[:, :, i0] * (1 - f)[None, None, :] + rows[:, :, i0 + 1] * f[None, None, :]
+    return out
 
 
 def _background(rng: np.random.Generator, n: int, x: np.ndarray, y: np.ndarray, domain: str) -> np.ndarray:
@@ -88,7 +100,7 @@ def _background(rng: np.random.Generator, n: int, x: np.ndarray, y: np.ndarray, 
         high = np.clip(low * rng.uniform(1.2, 1.9, (n, 1)) + rng.uniform(0.1, 0.3, (n, 1)), 0, 1)
         bg = low[:, None, None, :] + (high - low)[:, None, None, :] * top_lift
         tint = _random_colors(rng, n, s=(0.4, 1.0), v=(0.4, 1.0))
-        blobs = _smooth_field(rng, n, s, int(rng.integers(2, 5)))[..., None]
+        blobs = _smooth_field(rng, n, s, rng.integers(2, 5, n))[..., None]
         bg = bg + 0.18 * blobs * (tint[:, None, None, :] - 0.5)
         for _ in range(2):  # gratings: texture at random frequency and orientation
             theta = rng.uniform(0, np.pi, (n, 1, 1))
