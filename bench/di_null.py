@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suspects", type=Path, nargs="+", required=True)
     ap.add_argument("--reference", type=Path, action="append", default=[], help="reference encoder(s) for calibration")
     ap.add_argument("--pools", type=int, default=8, help="null pools of the victim's private-set size")
-    ap.add_argument("--public", type=int, default=4000, help="test-split images as public data")
+    ap.add_argument("--public", type=int, default=4000, help="images of --public-split as public data")
+    ap.add_argument("--public-split", default="test", help="split the public data comes from (the zoo's: test)")
+    ap.add_argument("--public-start", type=int, default=0,
+                    help="first image of the public data in its split (e.g. --public-split train --public-start 16000: "
+                         "train images beyond every pool)")
     ap.add_argument("--components", type=int, default=1)
     ap.add_argument("--alternative", choices=["less", "greater"], default="less")
     ap.add_argument("--threads", type=int, default=2)
@@ -52,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     if size is None:
         raise SystemExit("the victim trained on its whole train split: there is no unseen pool of that split")
     train = load_split(spec, "train").images
-    public = load_split(spec, "test").images[: args.public]
+    public = load_split(spec, args.public_split).images[args.public_start: args.public_start + args.public]
+    if len(public) < args.public:
+        raise SystemExit(f"split {args.public_split!r} has {len(public)} images from {args.public_start}, asked for {args.public}")
+    n_pools = args.pools + 1
+    if args.public_split == "train" and args.public_start < size * n_pools:
+        raise SystemExit(f"public train images must start after the pools (at {size * n_pools} or later)")
     pools = [("private", train[:size])] + [
         (f"null{j}", train[size * j: size * (j + 1)]) for j in range(1, args.pools + 1) if size * (j + 1) <= len(train)]
     part_a, part_b = private_split_indices(spec, size=size // 2, seed=0, pool=size)  # verify's parts A and B
