@@ -143,7 +143,7 @@ def test_distilled_copy_is_flagged_independent_is_not(zoo):
     wm = rep.row("watermark_aligned")
     assert wm.verdict == "stolen" and wm.value > 0.6, wm
     assert rep.overall == "stolen"
-    assert rep.row("similarity").value > 0.5
+    assert rep.row("similarity").value > 0.4  # layer4 re-learnt by distillation: far above the independent (below)
     # a significant but immaterial watermark (below 0.5 + wm_margin) is not a stolen verdict, overall neither
     strict = CFG.model_copy(update={"wm_margin": 0.49, "methods": ("watermark", "watermark_aligned")})
     rep_m = verify(victim, LocalSuspect(zoo["paths"]["stolen"]), strict)
@@ -160,7 +160,7 @@ def test_distilled_copy_is_flagged_independent_is_not(zoo):
     assert abs(rep_i.row("watermark").value - 0.5) < 0.1
     assert rep_i.row("dataset_inference").p_value > 0.01
     assert rep_i.overall == "independent"
-    assert rep_i.row("similarity").value < rep.row("similarity").value
+    assert rep_i.row("similarity").value < rep.row("similarity").value - 0.25
     t = make_transform("permute", victim.config.representation_dim, np.random.default_rng(4))
     rep_ip = verify(victim, LocalSuspect(zoo["paths"]["independent"], transform=t), CFG)
     assert rep_ip.overall == "independent"
