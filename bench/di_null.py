@@ -59,11 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     public = load_split(spec, args.public_split).images[args.public_start: args.public_start + args.public]
     if len(public) < args.public:
         raise SystemExit(f"split {args.public_split!r} has {len(public)} images from {args.public_start}, asked for {args.public}")
-    n_pools = args.pools + 1
-    if args.public_split == "train" and args.public_start < size * n_pools:
-        raise SystemExit(f"public train images must start after the pools (at {size * n_pools} or later)")
     pools = [("private", train[:size])] + [
         (f"null{j}", train[size * j: size * (j + 1)]) for j in range(1, args.pools + 1) if size * (j + 1) <= len(train)]
+    if args.public_split == "train" and args.public_start < size * len(pools):
+        raise SystemExit(f"public train images must start after the pools (at {size * len(pools)} or later)")
     part_a, part_b = private_split_indices(spec, size=size // 2, seed=0, pool=size)  # verify's parts A and B
 
     def tests(enc) -> list:
