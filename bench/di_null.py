@@ -6,7 +6,9 @@ each suspect it runs the zoo's test (cross-fitted, the side and GMM size given h
 reference-calibrated) on the victim's private set and on ``--pools`` disjoint blocks of the train
 split beyond the victim's ``train_size`` (same distribution, never seen by the victim). For an
 independent suspect every pool is a null draw; for the victim and its copies only the private set
-carries the signal.
+carries the signal. ``--di-margin RHO`` runs the test against a smallest effect of interest, RHO x the
+victim's own effect on its private set (as ``heist-defend verify --di-margin`` does), and also
+counts the zero-effect test's rejections.
 
 Usage: ``python -m bench.di_null --victim runs/di5/victim --reference runs/di_ref/reference-dataseed2
 --suspects runs/di5/independent-dataseed1 runs/di5/independent-shifted runs/di5/stolen-infonce-4000``.
@@ -37,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
                          "train images beyond every pool)")
     ap.add_argument("--components", type=int, default=1)
     ap.add_argument("--alternative", choices=["less", "greater"], default="less")
+    ap.add_argument("--di-margin", type=float, default=0.0, metavar="RHO",
+                    help="test against RHO x the victim's own effect on the private set (verify --di-margin), "
+                         "on the private set and on every pool")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="di_null", help="results/<out>.json")
     args = ap.parse_args(argv)
@@ -44,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from defender.stats import calibrate, dataset_inference
+    from defender.stats import calibrate, dataset_inference, with_min_effect
     from shared.checkpoint import load_checkpoint
     from shared.data.synthetic import DataSpec, load_split, private_split_indices
     from shared.probe import extract_features
@@ -73,23 +78,36 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     refs = [tests(load_checkpoint(r).encoder) for r in args.reference]
+    min_effect = 0.0
+    if args.di_margin > 0:  # the victim's own effect on the private set, as verify measures it
+        own = calibrate(tests(victim.encoder)[0], [ref[0] for ref in refs])
+        side = -own.effect if args.alternative == "less" else own.effect
+        min_effect = args.di_margin * max(side, 0.0)
+        print(f"victim's effect on the private set d = {side:.4f} (t {own.t_statistic:+.2f}): null d <= {min_effect:.4f}")
     rows, payload = [], []
     for path in tqdm(args.suspects, desc="suspects", unit="suspect"):
         raw = tests(load_checkpoint(path).encoder)
         cal = [calibrate(r, [ref[i] for ref in refs]) for i, r in enumerate(raw)]
+        if min_effect > 0:
+            cal = [with_min_effect(c, min_effect) for c in cal]
         t = np.array([c.t_statistic for c in cal])
         null = t[1:]
         rows.append({"suspect": path.name, "t private (p)": f"{t[0]:+.2f} ({cal[0].p_value:.3g})",
                      "t null pools": " ".join(f"{x:+.1f}" for x in null),
                      "null mean / sd": f"{null.mean():+.2f} / {null.std(ddof=1):.2f}",
                      "null pools with p < 0.05": f"{int((np.array([c.p_value for c in cal[1:]]) < 0.05).sum())}/{len(null)}"})
+        if min_effect > 0:
+            rows[-1]["... with the no-effect test"] = f"{int((np.array([c.p_zero_effect for c in cal[1:]]) < 0.05).sum())}/{len(null)}"
         payload.append({"suspect": str(path), "pools": [name for name, _ in pools], "t": t.tolist(),
-                        "p": [c.p_value for c in cal], "t_raw": [r.t_statistic for r in raw]})
+                        "p": [c.p_value for c in cal], "t_raw": [r.t_statistic for r in raw],
+                        "p_zero_effect": [c.p_zero_effect if c.p_zero_effect is not None else c.p_value for c in cal]})
     cols = ["suspect", "t private (p)", "t null pools", "null mean / sd", "null pools with p < 0.05"]
+    cols += ["... with the no-effect test"] if min_effect > 0 else []
     print(table(rows, cols))
     path = write_json(args.out, {"args": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
                                            for k, v in vars(args).items()},
-                                  "references": [str(r) for r in args.reference], "suspects": payload})
+                                  "references": [str(r) for r in args.reference], "min_effect": min_effect,
+                                  "suspects": payload})
     print(f"wrote {path}")
     return 0
 

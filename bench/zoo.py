@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--di-n", type=int, default=1000, help="part A, part B and public sizes of dataset inference")
     ap.add_argument("--di-reference", type=Path, action="append", default=[],
                     help="reference encoder(s) that never saw the private data: dataset inference on calibrated scores")
+    ap.add_argument("--di-margin", type=float, default=0.0, metavar="RHO",
+                    help="dataset inference against a smallest effect of interest: RHO x the victim's own effect "
+                         "(verify --di-margin; 0: the paper's zero-effect test)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         steal_all(args)
     victim = load_checkpoint(args.victim)
     cfg = VerifyConfig(wm_n=args.wm_n, di_fit=args.di_n, di_private=args.di_n, di_public=args.di_public or args.di_n,
-                       di_components=args.di_components)
+                       di_components=args.di_components, di_margin=args.di_margin)
     references = {str(p): load_checkpoint(p) for p in args.di_reference}
     todo, missing = suspects(args)
     rows, ref_tests = [], {}
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             row = rep.row(m)
             r[m] = {"value": row.value, "p": row.p_value, "verdict": row.verdict,
                     "raw": [row.detail.get("t_uncalibrated"), row.detail.get("p_uncalibrated")],
+                    "zero_effect": [row.detail.get("t_zero_effect"), row.detail.get("p_zero_effect")],
+                    "margin": row.detail.get("margin"),
                     "reference_r2": row.detail.get("reference_r2")} if row else None
         ref_tests = next((r.detail["reference_tests"] for r in rep.rows if "reference_tests" in r.detail), ref_tests)
         r["overall"], r["queries"], r["seconds"] = rep.overall, rep.queries["sent"], rep.seconds
@@ -181,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         x = r[m]
         if x is None or x["value"] is None:
             return "n/a"
-        raw = (x.get("raw") or [None])[0]
-        return f"{x['value']:.3f} / {_p(x['p'])} -> {x['verdict']}" + ("" if raw is None else f" (raw t {raw:.2f})")
+        raw, (t0, p0) = (x.get("raw") or [None])[0], x.get("zero_effect") or (None, None)
+        return (f"{x['value']:.3f} / {_p(x['p'])} -> {x['verdict']}" + ("" if raw is None else f" (raw t {raw:.2f})")
+                + ("" if t0 is None else f" [no-effect test: {t0:.2f} / {_p(p0)}]"))
 
     tab = [{"suspect": r["name"], "truth": r["truth"], "watermark (acc / p)": cell(r, "watermark"),
             "aligned watermark": cell(r, "watermark_aligned"), "DI (t / p)": cell(r, "dataset_inference"),
@@ -198,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             if v in ("stolen", "independent"):
                 c[r["truth"]][v] += 1
         conf[method] = c
+    for method in ("dataset_inference", "dataset_inference_aligned"):  # the paper's zero-effect test, when a margin was used
+        if any(((r[method] or {}).get("zero_effect") or [None])[1] is not None for r in rows):
+            c = {t: {"stolen": 0, "independent": 0} for t in ("stolen", "independent")}
+            for r in rows:
+                p0 = ((r[method] or {}).get("zero_effect") or [None, None])[1]
+                if p0 is not None:
+                    c[r["truth"]]["stolen" if p0 < cfg.alpha else "independent"] += 1
+            conf[f"{method} (no-effect test)"] = c
     text = table(tab, cols)
     print(text)
     conf_lines = []
@@ -217,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(t[c]) for c in cols) + " |" for t in tab]
     md += ["", "## Confusion (truth x verdict)", "", "```", *conf_lines, "```", ""]
+    margin = next((r["dataset_inference"]["margin"] for r in rows if (r["dataset_inference"] or {}).get("margin")), None)
+    if margin:
+        md += ["## Smallest effect of interest", "",
+               f"Dataset inference tests H0 \"the suspect's member/public gap is at most {margin['di_margin']} x the "
+               f"victim's\": the victim's own effect on the same rows is d = {margin['victim_effect']} (t = "
+               f"{margin['victim_t']}), so the null is d <= {margin['min_effect']}. The bracketed cells are the "
+               "paper's test against no effect.", ""]
     if ref_tests:
         md += ["## Reference encoders (dataset-inference calibration)", "",
                *[f"- `{n}`: raw DI t = {v['t']} (p = {_p(v['p'])}) on the private rows" for n, v in ref_tests.items()], ""]

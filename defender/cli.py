@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+DI_MARGIN = 0.0  # VerifyConfig.di_margin's default, kept here so that --help imports nothing heavy (a test checks they agree)
+
 
 def _cmd_watermark(args: argparse.Namespace) -> int:
     from defender.watermark import watermark_test
@@ -53,7 +55,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     victim = load_checkpoint(args.victim)
     cfg = VerifyConfig(alpha=args.alpha, wm_n=args.wm_n, align_n=args.align_n, di_fit=args.di_fit, di_private=args.di_private,
                        di_public=args.di_public, di_public_split=args.di_public_split, di_components=args.components,
-                       di_alternative=args.di_alternative, wm_margin=args.wm_margin,
+                       di_alternative=args.di_alternative, di_margin=args.di_margin, wm_margin=args.wm_margin,
                        mi_dims=args.mi_dims, seed=args.seed, methods=tuple(args.methods or METHODS))
     references = {str(r): load_checkpoint(r) for r in args.di_reference or []}
     transform = None
@@ -122,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--di-alternative", choices=["victim", "greater", "less", "two-sided"], default="victim",
                    help="side of the DI t-test: victim (default) learns it on the victim's own members vs public images; "
                         "greater is the paper's (members more likely)")
+    v.add_argument("--di-margin", type=float, default=DI_MARGIN, metavar="RHO",
+                   help="dataset inference against a smallest effect of interest: the suspect must keep more than RHO x "
+                        "the victim's own membership effect (measured locally on the same rows) to be called stolen; "
+                        "0 = the paper's test against no effect (default: %(default)s)")
     v.add_argument("--di-reference", action="append", metavar="DIR",
                    help="reference encoder (checkpoint folder) that never saw the private data, e.g. trained on public data; "
                         "dataset inference then tests reference-calibrated log-likelihoods (repeatable; the raw test stays "

@@ -17,9 +17,12 @@ def fmt(x: float | None, p: bool = False) -> str:
 
 
 def _statistic(r) -> str:
-    if r.detail.get("t_uncalibrated") is None:
-        return r.statistic
-    return f"{r.statistic}; raw t {fmt(r.detail['t_uncalibrated'])}, p {fmt(r.detail['p_uncalibrated'], p=True)}"
+    out = r.statistic
+    if r.detail.get("t_zero_effect") is not None:
+        out += f"; vs no effect t {fmt(r.detail['t_zero_effect'])}, p {fmt(r.detail['p_zero_effect'], p=True)}"
+    if r.detail.get("t_uncalibrated") is not None:
+        out += f"; raw t {fmt(r.detail['t_uncalibrated'])}, p {fmt(r.detail['p_uncalibrated'], p=True)}"
+    return out
 
 
 def table_rows(rep: VerifyReport) -> list[list[str]]:

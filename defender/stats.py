@@ -9,6 +9,8 @@
   on part A vs other public images), because memorisation can also make members *less* typical.
   :func:`calibrate` runs that test on scores regressed on a reference encoder's (difficulty
   calibration: what the suspect's density says beyond how typical an image is anyway).
+  :func:`with_min_effect` tests the same scores against a smallest effect of interest instead of
+  "no effect" (verify sets it to a share of the victim's own effect).
 - :func:`similarity`: l2 and cosine between answers to the same inputs (rows standardised then
   L2-normalised) and mutual information from the Kozachenko-Leonenko 1-NN entropy estimator.
 """
@@ -116,6 +118,9 @@ class DatasetInferenceResult:
     reference_r2: float | None = None       # share of the raw scores' variance the references explain
     t_uncalibrated: float | None = None     # the raw test, when calibrated
     p_uncalibrated: float | None = None
+    min_effect: float = 0.0                 # smallest effect of interest (Cohen's d) the test is against; 0: "no effect"
+    t_zero_effect: float | None = None      # the same scores' test against zero effect, when min_effect > 0
+    p_zero_effect: float | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -144,19 +149,36 @@ def _gmm_scores(fit: np.ndarray, *score: np.ndarray, components: int, seed: int,
     return [gmm.score_samples(l2_normalise(x)) for x in score]
 
 
-def _welch(ll_b: np.ndarray, ll_p: np.ndarray, alternative: str) -> tuple[float, float, float]:
-    """(t, p, Cohen's d) of a Welch t-test; both samples constant: no evidence (t 0, p 1)."""
-    res = stats.ttest_ind(ll_b, ll_p, equal_var=False, alternative=alternative)
-    t, pv = float(res.statistic), float(res.pvalue)
-    if not math.isfinite(pv):
-        t, pv = 0.0, 1.0
+def _welch(ll_b: np.ndarray, ll_p: np.ndarray, alternative: str, min_effect: float = 0.0) -> tuple[float, float, float]:
+    """(t, p, Cohen's d) of a Welch t-test; both samples constant: no evidence (t 0, p 1).
+
+    ``min_effect`` > 0 tests against a smallest effect of interest instead of zero: the null is
+    "the gap is at most ``min_effect`` pooled standard deviations on the alternative's side", so
+    the gap is shifted by that much towards the null before the usual one-sided test.
+    """
+    vb, vp = ll_b.var(ddof=1) / len(ll_b), ll_p.var(ddof=1) / len(ll_p)
     pooled = math.sqrt((ll_b.var(ddof=1) + ll_p.var(ddof=1)) / 2) or float("nan")
-    return t, pv, float((ll_b.mean() - ll_p.mean()) / pooled)
+    diff = float(ll_b.mean() - ll_p.mean())
+    d = diff / pooled
+    if min_effect < 0:
+        raise ValueError(f"min_effect must be >= 0, got {min_effect}")
+    if min_effect > 0 and alternative == "two-sided":
+        raise ValueError("a smallest effect of interest needs a one-sided test (alternative 'greater' or 'less')")
+    se = math.sqrt(vb + vp)
+    if not (se > 0 and math.isfinite(se)):
+        return 0.0, 1.0, d
+    shift = {"greater": -1.0, "less": 1.0}.get(alternative, 0.0) * min_effect * pooled
+    t = (diff + shift) / se
+    df = (vb + vp) ** 2 / (vb**2 / (len(ll_b) - 1) + vp**2 / (len(ll_p) - 1))
+    dist = stats.t(df)
+    pv = {"greater": dist.sf(t), "less": dist.cdf(t)}.get(alternative, 2 * dist.sf(abs(t)))
+    return float(t), float(pv), d
 
 
 def dataset_inference(part_a: np.ndarray, part_b: np.ndarray, public: np.ndarray, components: int = 10,
                       alpha: float = 0.01, seed: int = 0, reg_covar: float = 1e-6,
-                      alternative: str = "greater", crossfit: bool = False) -> DatasetInferenceResult:
+                      alternative: str = "greater", crossfit: bool = False,
+                      min_effect: float = 0.0) -> DatasetInferenceResult:
     """Does the suspect's density tell the victim's private data from public data?
 
     A GMM (diagonal covariance) is fitted on the L2-normalised representations of private part A;
@@ -168,6 +190,12 @@ def dataset_inference(part_a: np.ndarray, part_b: np.ndarray, public: np.ndarray
     ``crossfit`` also swaps the parts: a GMM fitted on A scores B and the even public rows, one
     fitted on B scores A and the odd public rows; both folds' scores are pooled. Every private image
     is scored (by a GMM that never saw it), so the test has twice the members for the same queries.
+
+    ``min_effect`` (Cohen's d, >= 0) tests against a smallest effect of interest: the null becomes
+    "members and public data differ by at most ``min_effect`` pooled standard deviations on the
+    chosen side". Every p-value is then at least the zero-effect one, so the test stays valid for
+    an independent suspect (exactly: no effect) and only gets more conservative; the zero-effect
+    test is kept in ``t_zero_effect`` / ``p_zero_effect``.
     """
     if alternative not in ALTERNATIVES:
         raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
@@ -178,12 +206,27 @@ def dataset_inference(part_a: np.ndarray, part_b: np.ndarray, public: np.ndarray
     if crossfit:
         ll_a, ll_p2 = _gmm_scores(b, a, p[1::2], components=components, seed=seed, reg_covar=reg_covar)
         ll_b, ll_p = np.concatenate([ll_b, ll_a]), np.concatenate([ll_p, ll_p2])
-    t, pv, d = _welch(ll_b, ll_p, alternative)
-    return DatasetInferenceResult(
-        t_statistic=t, p_value=pv, mean_ll_private=float(ll_b.mean()), mean_ll_public=float(ll_p.mean()),
-        effect=d, n_fit=len(a), n_private=len(ll_b), n_public=len(p),
-        components=components, alpha=alpha, crossfit=crossfit, alternative=alternative, verdict="stolen" if pv < alpha else "independent",
-        ll_private=ll_b, ll_public=ll_p)
+    return _tested(DatasetInferenceResult(
+        t_statistic=0.0, p_value=1.0, mean_ll_private=float(ll_b.mean()), mean_ll_public=float(ll_p.mean()),
+        effect=0.0, n_fit=len(a), n_private=len(ll_b), n_public=len(p),
+        components=components, alpha=alpha, crossfit=crossfit, alternative=alternative, verdict="independent",
+        ll_private=ll_b, ll_public=ll_p, min_effect=min_effect))
+
+
+def _tested(di: DatasetInferenceResult) -> DatasetInferenceResult:
+    """``di`` with its test (t, p, effect, verdict) computed from its scores and settings."""
+    t, pv, d = _welch(di.ll_private, di.ll_public, di.alternative, di.min_effect)
+    zero = {}
+    if di.min_effect > 0:
+        t0, p0, _ = _welch(di.ll_private, di.ll_public, di.alternative)
+        zero = {"t_zero_effect": t0, "p_zero_effect": p0}
+    return replace(di, t_statistic=t, p_value=pv, effect=d, verdict="stolen" if pv < di.alpha else "independent",
+                   mean_ll_private=float(di.ll_private.mean()), mean_ll_public=float(di.ll_public.mean()), **zero)
+
+
+def with_min_effect(di: DatasetInferenceResult, min_effect: float) -> DatasetInferenceResult:
+    """The same scores tested against another smallest effect of interest (see :func:`dataset_inference`)."""
+    return _tested(replace(di, min_effect=min_effect, t_zero_effect=None, p_zero_effect=None))
 
 
 def calibrate(di: DatasetInferenceResult, references: list[DatasetInferenceResult]) -> DatasetInferenceResult:
@@ -214,11 +257,8 @@ def calibrate(di: DatasetInferenceResult, references: list[DatasetInferenceResul
     beta, *_ = np.linalg.lstsq(x, y, rcond=None)
     resid = y - x @ beta
     r2 = r2_score(y[:, None], (x @ beta)[:, None])
-    t, pv, d = _welch(resid[:nb], resid[nb:], di.alternative)
-    return replace(di, t_statistic=t, p_value=pv, effect=d, mean_ll_private=float(resid[:nb].mean()),
-                   mean_ll_public=float(resid[nb:].mean()), verdict="stolen" if pv < di.alpha else "independent",
-                   references=len(references), reference_r2=r2, t_uncalibrated=di.t_statistic,
-                   p_uncalibrated=di.p_value, ll_private=resid[:nb], ll_public=resid[nb:])
+    return _tested(replace(di, references=len(references), reference_r2=r2, t_uncalibrated=di.t_statistic,
+                           p_uncalibrated=di.p_value, ll_private=resid[:nb], ll_public=resid[nb:]))
 
 
 @dataclass(frozen=True)

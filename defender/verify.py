@@ -28,7 +28,15 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from defender.stats import DatasetInferenceResult, calibrate, dataset_inference, fit_alignment, membership_direction, similarity
+from defender.stats import (
+    DatasetInferenceResult,
+    calibrate,
+    dataset_inference,
+    fit_alignment,
+    membership_direction,
+    similarity,
+    with_min_effect,
+)
 from defender.suspects import Suspect
 from defender.watermark import watermark_test
 from shared.checkpoint import Checkpoint
@@ -61,6 +69,10 @@ class VerifyConfig(BaseModel):
     di_crossfit: bool = Field(default=True, description="also fit on B and score A (every private image scored once)")
     di_alternative: Literal["victim", "greater", "less", "two-sided"] = Field(
         default="victim", description="side of the DI t-test; victim: the side the victim's own members fall on")
+    di_margin: float = Field(default=0.0, ge=0, lt=1, description=(
+        "smallest share of the victim's own membership effect (its Cohen's d on the same rows, measured locally) "
+        "that counts as inherited: DI tests H0 'the suspect's effect is at most di_margin x the victim's' instead of "
+        "'no effect' (0: the paper's test). Never less conservative than the zero-effect test"))
     mi_dims: int = Field(default=16, ge=1)
     seed: int = 0
     methods: tuple[str, ...] = METHODS
@@ -102,9 +114,10 @@ _REFERENCE_CACHE: dict[tuple, tuple[Checkpoint, DatasetInferenceResult]] = {}
 
 def _reference_test(ref: Checkpoint, rows_key: tuple, images: Callable[[], tuple[np.ndarray, ...]],
                     **di_kwargs) -> DatasetInferenceResult:
-    """A reference encoder's raw dataset-inference test on the private and public rows.
+    """A local encoder's raw dataset-inference test on the private and public rows: a reference's,
+    or the victim's own (the yardstick of ``di_margin``).
 
-    It does not depend on the suspect, so one reference object on the same rows and settings is
+    It does not depend on the suspect, so one encoder object on the same rows and settings is
     encoded and scored once per process: the zoo verifies many suspects against one panel. The
     cache holds the checkpoint itself, so its ``id`` cannot be reused while the entry lives.
     """
@@ -237,17 +250,26 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
         # local encoders of the defender: scored on the same rows, no suspect queries
         rows_key = (spec.digest(), cfg.di_public_split, cfg.di_public,
                     part_a[: cfg.di_fit].tobytes(), part_b[: cfg.di_private].tobytes())
-        refs = [_reference_test(ref, rows_key, lambda: (train[part_a[: cfg.di_fit]], train[part_b[: cfg.di_private]],
-                                                        pub_split[: cfg.di_public]),
-                                components=components, alpha=cfg.alpha, seed=cfg.seed, alternative=alternative,
-                                crossfit=cfg.di_crossfit)
-                for ref in references.values()]
+        di_rows = lambda: (train[part_a[: cfg.di_fit]], train[part_b[: cfg.di_private]], pub_split[: cfg.di_public])  # noqa: E731
+        di_kwargs = dict(components=components, alpha=cfg.alpha, seed=cfg.seed, alternative=alternative,
+                         crossfit=cfg.di_crossfit)
+        refs = [_reference_test(ref, rows_key, di_rows, **di_kwargs) for ref in references.values()]
         if refs:
             side["reference_tests"] = {n: {"t": round(r.t_statistic, 3), "p": r.p_value} for n, r in zip(references, refs, strict=True)}
+        min_effect = 0.0
+        if cfg.di_margin > 0:
+            # the victim's own effect on the same rows and settings (local, no queries): the yardstick of the margin
+            own = calibrate(_reference_test(victim, rows_key, di_rows, **di_kwargs), refs)
+            victim_effect = {"less": -own.effect, "greater": own.effect}.get(alternative, abs(own.effect))
+            min_effect = cfg.di_margin * max(victim_effect, 0.0)
+            side["margin"] = {"di_margin": cfg.di_margin, "victim_effect": round(victim_effect, 4),
+                              "victim_t": round(own.t_statistic, 3), "min_effect": round(min_effect, 4)}
         for name, (a_, b_, p_), extra in variants:
-            di = calibrate(dataset_inference(a_, b_, p_, components=components, alpha=cfg.alpha, seed=cfg.seed,
-                                             alternative=alternative, crossfit=cfg.di_crossfit), refs)
-            label = f"t (Welch, {alternative}{', reference-calibrated' if refs else ''})"
+            di = calibrate(dataset_inference(a_, b_, p_, **di_kwargs), refs)
+            if min_effect > 0:
+                di = with_min_effect(di, min_effect)
+            label = (f"t (Welch, {alternative}{', reference-calibrated' if refs else ''}"
+                     f"{f', H0 effect <= {min_effect:.3g}' if min_effect > 0 else ''})")
             rows.append(Verdict(name, label, _finite(di.t_statistic), _finite(di.p_value), di.verdict,
                                 {**di.as_dict(), **side, **extra}))
             if name == "dataset_inference" or "ll_private" not in arrays:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from defender.stats import (
     mutual_information,
     similarity,
     whiten,
+    with_min_effect,
 )
 from defender.watermark import watermark_test
 from shared.transforms import make_transform
@@ -104,6 +106,45 @@ def _difficulty_case(rng, member_spread):
     cut = (slice(0, n_a), slice(n_a, n_a + n_b), slice(n_a + n_b, None))
     run = lambda x: dataset_inference(*(x[c] for c in cut), components=1, alternative="less", crossfit=True)  # noqa: E731
     return run(suspect), run(reference)
+
+
+def _scores_case(rng, n_b, n_p, shift):
+    """A DI result on given scores: members' log-likelihoods ``shift`` standard deviations below public data."""
+    a = rng.normal(size=(50, 4))
+    r = dataset_inference(a, a[:10] + 1, a[:20] + 2, components=1, alternative="less")
+    return with_min_effect(replace(r, ll_private=rng.normal(shift, 1, n_b), ll_public=rng.normal(0, 1, n_p)), 0.0)
+
+
+def test_smallest_effect_of_interest_is_exact_at_the_margin_and_conservative_below_it():
+    """H0 'effect <= delta': at a true effect of exactly delta the rejection rate is alpha; with no
+    effect (an independent suspect) it is far below; a large effect is still found."""
+    rng = np.random.default_rng(11)
+    delta, n_b, n_p = 0.1, 500, 4000
+
+    def rejections(shift):
+        ps = np.array([with_min_effect(_scores_case(rng, n_b, n_p, shift), delta).p_value for _ in range(400)])
+        return (ps < 0.05).mean()
+
+    at_margin, null = rejections(-delta), rejections(0.0)
+    assert 0.02 < at_margin < 0.09  # nominal 5% (400 draws: sd 1.1 points)
+    assert null < 0.015             # expected: P(Z < -1.645 - 0.1 * sqrt(444)) = 0.5%
+    strong = with_min_effect(_scores_case(rng, n_b, n_p, -0.4), delta)
+    assert strong.verdict == "stolen" and strong.p_value < 1e-6
+
+
+def test_smallest_effect_of_interest_only_raises_p_values_and_keeps_the_zero_effect_test():
+    rng = np.random.default_rng(12)
+    for shift in (-0.3, -0.05, 0.0, 0.2):
+        base = _scores_case(rng, 300, 900, shift)
+        m = with_min_effect(base, 0.08)
+        assert m.p_value >= base.p_value and m.t_statistic >= base.t_statistic  # side "less": t moves towards the null
+        assert (m.t_zero_effect, m.p_zero_effect) == (base.t_statistic, base.p_value) and m.min_effect == 0.08
+        assert m.effect == base.effect  # Cohen's d itself is not shifted
+    assert with_min_effect(base, 0.0).t_zero_effect is None
+    with pytest.raises(ValueError, match="one-sided"):
+        with_min_effect(replace(base, alternative="two-sided"), 0.1)
+    with pytest.raises(ValueError, match=">= 0"):
+        with_min_effect(base, -0.1)
 
 
 def test_calibrated_dataset_inference_removes_image_difficulty():
@@ -222,8 +263,13 @@ def test_watermark_test_against_chance():
 def test_dataset_inference_settings_are_validated_before_any_query():
     from pydantic import ValidationError
 
-    from defender.cli import parse_components
+    from defender.cli import DI_MARGIN, parse_components
     from defender.verify import VerifyConfig
+
+    assert VerifyConfig().di_margin == DI_MARGIN  # the CLI's default is the config's
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValidationError):
+            VerifyConfig(di_margin=bad)
 
     assert VerifyConfig(di_components="auto").di_components == "auto" and VerifyConfig(di_components=3).di_components == 3
     for bad in (0, -2, "many"):

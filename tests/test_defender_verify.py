@@ -166,6 +166,33 @@ def test_distilled_copy_is_flagged_independent_is_not(zoo):
     assert rep_ip.overall == "independent"
 
 
+def test_margin_is_measured_on_the_victim_and_only_raises_p_values(zoo):
+    """--di-margin: the yardstick is the victim's own effect on the same rows (local, no queries);
+    every DI p-value of a suspect is then at least its zero-effect one, which stays in the detail."""
+    methods = ("dataset_inference", "dataset_inference_aligned", "similarity")
+    base = CFG.model_copy(update={"methods": methods, "di_alternative": "less"})
+    own = verify(zoo["victim"], LocalSuspect(zoo["paths"]["victim"]), base).row("dataset_inference")
+    side = "less" if own.detail["effect"] < 0 else "greater"  # the side on which the tiny victim has an effect
+    plain = base.model_copy(update={"di_alternative": side})
+    margin = plain.model_copy(update={"di_margin": 0.5})
+    for name in ("victim", "independent", "stolen"):
+        s0 = LocalSuspect(zoo["paths"][name])
+        r0 = verify(zoo["victim"], s0, plain)
+        s1 = LocalSuspect(zoo["paths"][name])
+        r1 = verify(zoo["victim"], s1, margin)
+        assert s1.queries == s0.queries  # the yardstick costs the suspect nothing
+        for m in ("dataset_inference", "dataset_inference_aligned"):
+            a, b = r0.row(m), r1.row(m)
+            info = b.detail["margin"]
+            assert info["victim_effect"] == pytest.approx(abs(own.detail["effect"]), abs=1e-4)
+            assert info["min_effect"] == pytest.approx(0.5 * info["victim_effect"], abs=1e-4)
+            assert b.detail["min_effect"] == pytest.approx(info["min_effect"], abs=1e-4)
+            assert (b.detail["t_zero_effect"], b.detail["p_zero_effect"]) == pytest.approx((a.value, a.p_value))
+            assert b.p_value >= a.p_value and "H0 effect <=" in b.statistic
+    assert r1.row("dataset_inference").detail["margin"]["victim_t"] == pytest.approx(
+        verify(zoo["victim"], LocalSuspect(zoo["paths"]["victim"]), plain).row("dataset_inference").value, abs=1e-3)
+
+
 def test_query_count_and_cache(zoo):
     s = LocalSuspect(zoo["paths"]["independent"])
     rep = verify(zoo["victim"], s, CFG)
