@@ -8,7 +8,8 @@ split beyond the victim's ``train_size`` (same distribution, never seen by the v
 independent suspect every pool is a null draw; for the victim and its copies only the private set
 carries the signal. ``--di-margin RHO`` runs the test against a smallest effect of interest, RHO x the
 victim's own effect on its private set (as ``heist-defend verify --di-margin`` does), and also
-counts the zero-effect test's rejections.
+counts the zero-effect test's rejections. ``--aligned`` runs ``dataset_inference_aligned`` instead:
+every encoder's answers mapped into the victim's space first.
 
 Usage: ``python -m bench.di_null --victim runs/di5/victim --reference runs/di_ref/reference-dataseed2
 --suspects runs/di5/independent-dataseed1 runs/di5/independent-shifted runs/di5/stolen-infonce-4000``.
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--di-margin", type=float, default=0.0, metavar="RHO",
                     help="test against RHO x the victim's own effect on the private set (verify --di-margin), "
                          "on the private set and on every pool")
+    ap.add_argument("--aligned", action="store_true",
+                    help="dataset_inference_aligned: every encoder's answers mapped into the victim's space by least "
+                         "squares on --align-n public-split images, as verify does")
+    ap.add_argument("--align-n", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="di_null", help="results/<out>.json")
     args = ap.parse_args(argv)
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from defender.stats import calibrate, dataset_inference, with_min_effect
+    from defender.stats import calibrate, dataset_inference, fit_alignment, with_min_effect
     from shared.checkpoint import load_checkpoint
     from shared.data.synthetic import DataSpec, load_split, private_split_indices
     from shared.probe import extract_features
@@ -70,10 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"public train images must start after the pools (at {size * len(pools)} or later)")
     part_a, part_b = private_split_indices(spec, size=size // 2, seed=0, pool=size)  # verify's parts A and B
 
-    def tests(enc) -> list:
-        out, rp = [], extract_features(enc, public)
+    align_imgs = load_split(spec, "public").images[: args.align_n]  # verify's alignment queries (public split)
+    v_align = extract_features(victim.encoder, align_imgs) if args.aligned else None
+
+    def tests(enc, aligned: bool = False) -> list:
+        """The test on every pool; ``aligned``: on the encoder's answers mapped into the victim's space."""
+        embed = lambda x: extract_features(enc, x)  # noqa: E731
+        if aligned:
+            mapping = fit_alignment(extract_features(enc, align_imgs), v_align)
+            embed = lambda x: mapping.apply(extract_features(enc, x))  # noqa: E731
+        out, rp = [], embed(public)
         for _, pool in pools:
-            ra, rb = extract_features(enc, pool[part_a]), extract_features(enc, pool[part_b])
+            ra, rb = embed(pool[part_a]), embed(pool[part_b])
             out.append(dataset_inference(ra, rb, rp, components=args.components, alternative=args.alternative, crossfit=True))
         return out
 
@@ -86,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"victim's effect on the private set d = {side:.4f} (t {own.t_statistic:+.2f}): null d <= {min_effect:.4f}")
     rows, payload = [], []
     for path in tqdm(args.suspects, desc="suspects", unit="suspect"):
-        raw = tests(load_checkpoint(path).encoder)
+        raw = tests(load_checkpoint(path).encoder, aligned=args.aligned)  # references and the margin's yardstick: plain, as in verify
         cal = [calibrate(r, [ref[i] for ref in refs]) for i, r in enumerate(raw)]
         if min_effect > 0:
             cal = [with_min_effect(c, min_effect) for c in cal]

@@ -7,7 +7,7 @@ Suspects (whatever exists under runs/ is used; what is missing is listed, never 
   this bench makes them: it starts ``heist-server serve --checkpoint runs/victim`` on a private
   Redis prefix, creates an ``unlimited`` account, and runs for every loss and budget
   ``heist-attack steal --url URL --api-key KEY --queries N --loss L --query-set attack --arch resnet18
-  --width 16 --epochs E --out runs/stolen-L-N --cache runs/steal-cache``;
+  --width 16 --epochs E --out runs/stolen-L-N --cache runs/steal-cache`` (plus ``--steal-args``);
 - independent encoders (their own data, never the victim's private set): ``runs/independent-dataseed1``
   (same distribution, other images: ``heist-server train --kind independent --no-watermark --seed 1
   --data-seed 1``), ``runs/independent-shifted`` (other domain: ``--domain shifted``), and any
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,7 @@ def steal_all(args: argparse.Namespace) -> None:
                     continue
                 cmd = ["heist-attack", "steal", "--url", srv.url, "--queries", str(n), "--loss", loss,
                        "--query-set", "attack", "--arch", "resnet18", "--width", "16", "--epochs", str(args.epochs),
-                       "--out", str(out), "--cache", str(args.runs / "steal-cache"), "--no-eval"]
+                       "--out", str(out), "--cache", str(args.runs / "steal-cache"), "--no-eval", *shlex.split(args.steal_args)]
                 print("$", " ".join(cmd), flush=True)
                 subprocess.run([sys.executable, "-m", "attacker.cli", *cmd[1:]], cwd=REPO, check=True,
                                env={**os.environ, "HEIST_API_KEYS": key})
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--losses", nargs="+", default=["mse", "infonce", "softnn"])
     ap.add_argument("--budgets", nargs="+", type=int, default=[2000, 8000])
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--steal-args", default="", metavar="ARGS",
+                    help="more heist-attack steal options for --steal, e.g. \"--data-seed 3 --seed 1 --threads 1\" (other "
+                         "query images: the data seed's attack split)")
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--no-extra", action="store_true", help="only the listed losses x budgets, not every runs/stolen-*")
     ap.add_argument("--obfuscate", nargs="*", default=["permute", "affine", "pad_shuffle"])
@@ -136,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--di-n", type=int, default=1000, help="part A, part B and public sizes of dataset inference")
     ap.add_argument("--di-reference", type=Path, action="append", default=[],
                     help="reference encoder(s) that never saw the private data: dataset inference on calibrated scores")
-    ap.add_argument("--di-margin", type=float, default=0.0, metavar="RHO",
+    ap.add_argument("--di-margin", type=float, default=0.1, metavar="RHO",
                     help="dataset inference against a smallest effect of interest: RHO x the victim's own effect "
-                         "(verify --di-margin; 0: the paper's zero-effect test)")
+                         "(verify --di-margin, same default; 0: the paper's zero-effect test)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             r[m] = {"value": row.value, "p": row.p_value, "verdict": row.verdict,
                     "raw": [row.detail.get("t_uncalibrated"), row.detail.get("p_uncalibrated")],
                     "zero_effect": [row.detail.get("t_zero_effect"), row.detail.get("p_zero_effect")],
-                    "margin": row.detail.get("margin"),
+                    "margin": row.detail.get("margin"), "raw_cosine": row.detail.get("raw_cosine"),
                     "reference_r2": row.detail.get("reference_r2")} if row else None
         ref_tests = next((r.detail["reference_tests"] for r in rep.rows if "reference_tests" in r.detail), ref_tests)
         r["overall"], r["queries"], r["seconds"] = rep.overall, rep.queries["sent"], rep.seconds

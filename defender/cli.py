@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-DI_MARGIN = 0.0  # VerifyConfig.di_margin's default, kept here so that --help imports nothing heavy (a test checks they agree)
+DI_MARGIN = 0.1  # VerifyConfig.di_margin's default, kept here so that --help imports nothing heavy (a test checks they agree)
 
 
 def _cmd_watermark(args: argparse.Namespace) -> int:

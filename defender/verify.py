@@ -35,6 +35,7 @@ from defender.stats import (
     fit_alignment,
     membership_direction,
     similarity,
+    standardise_rows,
     with_min_effect,
 )
 from defender.suspects import Suspect
@@ -56,6 +57,12 @@ class VerifyConfig(BaseModel):
     wm_margin: float = Field(default=0.05, ge=0, lt=0.5, description=(
         "a watermark says stolen only at accuracy >= 0.5 + margin (and p < alpha): the victim's predictor read on an "
         "unrelated, obfuscated space strays from 50% by more than sampling noise (up to 4.9 points in results/zoo_di.md)"))
+    wm_raw_min_cosine: float = Field(default=0.5, ge=-1, le=1, description=(
+        "the raw watermark decides only when the suspect answers in the victim's coordinates: the mean cosine of "
+        "row-standardised answers to the public queries must reach this (copies read 0.87-0.95; independent or "
+        "obfuscated spaces |cos| < 0.04 in results/zoo_di12*.json). Elsewhere the victim's predictor reads a foreign "
+        "space, whose accuracy can stray far from 50% either way (67.1% on an affine-obfuscated independent in "
+        "results/zoo_di12b.md): the row is reported as n/a, and watermark_aligned decides"))
     align_n: int = Field(default=1000, ge=10, description="public images for the alignment map and similarity")
     align_ridge: float = Field(default=1e-3, ge=0)
     di_fit: int = Field(default=1000, ge=10, description="private part A: GMM fit")
@@ -69,10 +76,11 @@ class VerifyConfig(BaseModel):
     di_crossfit: bool = Field(default=True, description="also fit on B and score A (every private image scored once)")
     di_alternative: Literal["victim", "greater", "less", "two-sided"] = Field(
         default="victim", description="side of the DI t-test; victim: the side the victim's own members fall on")
-    di_margin: float = Field(default=0.0, ge=0, lt=1, description=(
+    di_margin: float = Field(default=0.1, ge=0, lt=1, description=(
         "smallest share of the victim's own membership effect (its Cohen's d on the same rows, measured locally) "
         "that counts as inherited: DI tests H0 'the suspect's effect is at most di_margin x the victim's' instead of "
-        "'no effect' (0: the paper's test). Never less conservative than the zero-effect test"))
+        "'no effect' (0: the paper's test). Never less conservative than the zero-effect test; 0.1 is the setting "
+        "the zoo registered and checked (README, results/zoo_di12*.md)"))
     mi_dims: int = Field(default=16, ge=1)
     seed: int = 0
     methods: tuple[str, ...] = METHODS
@@ -180,11 +188,14 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
 
     # public queries: alignment + similarity
     align = None
-    if want & {"watermark_aligned", "dataset_inference_aligned", "similarity"}:
+    raw_cosine = None
+    if want & {"watermark", "watermark_aligned", "dataset_inference_aligned", "similarity"}:
         pub = public[: cfg.align_n]
         s_pub = suspect.embed(pub, "public queries")
         v_pub = v_public()[: cfg.align_n]
         need["public (alignment, similarity)"] = len(pub)
+        if s_pub.shape[1] == v_pub.shape[1]:  # are the answers in the victim's coordinates? (the raw watermark's premise)
+            raw_cosine = float((standardise_rows(s_pub) * standardise_rows(v_pub)).sum(1).mean())
         if want & {"watermark_aligned", "dataset_inference_aligned"}:
             align = fit_alignment(s_pub, v_pub, ridge=cfg.align_ridge, seed=cfg.seed)
         if "similarity" in want:
@@ -216,8 +227,17 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
                 correct = predict(victim.watermark, reps) == labels
                 res = watermark_test(correct)
                 verdict = "stolen" if (res.p_ttest < cfg.alpha and res.accuracy >= 0.5 + cfg.wm_margin) else "independent"
-                rows.append(Verdict(name, "accuracy", res.accuracy, _finite(res.p_ttest), verdict,
-                                    {**res.as_dict(), "t_statistic": _finite(res.t_statistic), **extra}))
+                detail = {**res.as_dict(), "t_statistic": _finite(res.t_statistic), **extra}
+                p_row = _finite(res.p_ttest)
+                if name == "watermark":
+                    detail["raw_cosine"] = raw_cosine
+                    if raw_cosine is None or raw_cosine < cfg.wm_raw_min_cosine:  # a foreign space: not evidence
+                        verdict, p_row = "n/a", None
+                        cos = "unknown" if raw_cosine is None else f"{raw_cosine:.3f}"
+                        detail["reason"] = (f"the suspect does not answer in the victim's coordinates (mean cosine {cos} "
+                                            f"< {cfg.wm_raw_min_cosine} on public queries): the predictor reads a "
+                                            "foreign space; see watermark_aligned")
+                rows.append(Verdict(name, "accuracy", res.accuracy, p_row, verdict, detail))
                 arrays[f"{name}_accuracy"] = res.accuracy
                 arrays[f"{name}_n"] = res.n
 

@@ -121,7 +121,7 @@ def test_victim_and_obfuscated_copies_are_flagged(zoo):
     victim = zoo["victim"]
     assert zoo["wm_train_acc"] > 0.8
     rep = verify(victim, LocalSuspect(zoo["paths"]["victim"]), CFG)
-    assert rep.row("watermark").verdict == "stolen"
+    assert rep.row("watermark").verdict == "stolen" and rep.row("watermark").detail["raw_cosine"] == pytest.approx(1.0)
     assert rep.row("similarity").value == pytest.approx(1.0, abs=1e-6)
     assert rep.overall == "stolen"
     for i, kind in enumerate(("permute", "affine", "pad_shuffle")):
@@ -130,9 +130,11 @@ def test_victim_and_obfuscated_copies_are_flagged(zoo):
         aligned = rep.row("watermark_aligned")
         assert aligned.verdict == "stolen" and aligned.value > 0.75, (kind, aligned)
         raw = rep.row("watermark")
+        assert raw.verdict == "n/a" and raw.p_value is None  # not the victim's coordinates: the raw check decides nothing
         if kind == "pad_shuffle":
-            assert raw.verdict == "n/a"  # 40-d answers: the raw predictor cannot even read them
+            assert "40-d" in raw.detail["reason"]  # 40-d answers: the raw predictor cannot even read them
         else:
+            assert raw.detail["raw_cosine"] < 0.5 and "victim's coordinates" in raw.detail["reason"]
             assert raw.value < aligned.value - 0.1, (kind, raw.value, aligned.value)  # obfuscation hurt the raw check
         assert rep.overall == "stolen"
 
@@ -154,9 +156,11 @@ def test_distilled_copy_is_flagged_independent_is_not(zoo):
     rep_o = verify(victim, LocalSuspect(zoo["paths"]["stolen"], transform=t), CFG)
     assert rep_o.row("watermark_aligned").verdict == "stolen"
 
+    assert rep.row("watermark").detail["raw_cosine"] > 0.5  # distilled by MSE: the victim's coordinates
     rep_i = verify(victim, LocalSuspect(zoo["paths"]["independent"]), CFG)
-    for m in ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned"):
+    for m in ("watermark_aligned", "dataset_inference", "dataset_inference_aligned"):
         assert rep_i.row(m).verdict == "independent", rep_i.row(m)
+    assert rep_i.row("watermark").verdict == "n/a" and rep_i.row("watermark").detail["raw_cosine"] < 0.5
     assert abs(rep_i.row("watermark").value - 0.5) < 0.1
     assert rep_i.row("dataset_inference").p_value > 0.01
     assert rep_i.overall == "independent"
@@ -170,7 +174,7 @@ def test_margin_is_measured_on_the_victim_and_only_raises_p_values(zoo):
     """--di-margin: the yardstick is the victim's own effect on the same rows (local, no queries);
     every DI p-value of a suspect is then at least its zero-effect one, which stays in the detail."""
     methods = ("dataset_inference", "dataset_inference_aligned", "similarity")
-    base = CFG.model_copy(update={"methods": methods, "di_alternative": "less"})
+    base = CFG.model_copy(update={"methods": methods, "di_alternative": "less", "di_margin": 0.0})
     own = verify(zoo["victim"], LocalSuspect(zoo["paths"]["victim"]), base).row("dataset_inference")
     side = "less" if own.detail["effect"] < 0 else "greater"  # the side on which the tiny victim has an effect
     plain = base.model_copy(update={"di_alternative": side})
