@@ -77,10 +77,15 @@ def plots(rep: VerifyReport, out: Path) -> list[Path]:
         lo = float(np.percentile(np.concatenate([a["ll_private"], a["ll_public"]]), 1))
         hi = float(max(a["ll_private"].max(), a["ll_public"].max()))
         bins = np.linspace(lo, hi, 50)
-        ax.hist(a["ll_private"], bins=bins, alpha=0.6, label=f"private B (n={len(a['ll_private'])})", density=True)
+        ax.hist(a["ll_private"], bins=bins, alpha=0.6, label=f"private members scored (n={len(a['ll_private'])})", density=True)
         ax.hist(a["ll_public"], bins=bins, alpha=0.6, label=f"public (n={len(a['ll_public'])})", density=True)
         di = rep.row("dataset_inference") or rep.row("dataset_inference_aligned")
-        ax.set_title(f"dataset inference: t={di.value:.2f}, p={di.p_value:.2e}" if di and di.value is not None else "dataset inference")
+        title = "dataset inference"
+        if di and di.value is not None:
+            title += f": t={di.value:.2f}, p={di.p_value:.2e}"
+            if di.detail.get("p_zero_effect") is not None:
+                title += f"\n(H0 effect <= {di.detail['min_effect']:.3g}; vs no effect p={di.detail['p_zero_effect']:.2e})"
+        ax.set_title(title, fontsize=10)
         calibrated = bool(di and di.detail.get("references"))
         ax.set_xlabel("GMM log-likelihood of the suspect's representation"
                       + (", minus the references' fit (calibrated)" if calibrated else ""))
