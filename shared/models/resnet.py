@@ -18,7 +18,24 @@ seed gives bit-identical weights and every checkpoint loads unchanged;
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from shared.cpu import needs_subsampled_pointwise
+
+
+class StridedPointwiseConv(nn.Conv2d):
+    """A 1x1 convolution with stride > 1 (a downsampling shortcut); a plain ``nn.Conv2d`` with the
+    same parameters. Where oneDNN's AVX2 kernel would corrupt memory computing its weight gradient
+    (``shared/cpu.py``), it runs as a stride-1 convolution of the subsampled input: the same sums of
+    the same products."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.requires_grad and torch.is_grad_enabled() and needs_subsampled_pointwise(
+                self.in_channels, self.kernel_size, self.stride, self.padding):
+            sh, sw = self.stride
+            return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias, 1, 0, self.dilation, self.groups)
+        return super().forward(x)
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -26,6 +43,8 @@ def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    if stride > 1:
+        return StridedPointwiseConv(cin, cout, kernel_size=1, stride=stride, bias=False)
     return nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
 
 
