@@ -38,6 +38,7 @@ from server.config import ServerConfig  # noqa: E402
 from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint  # noqa: E402
 from shared.images import encode_image  # noqa: E402
 from shared.models import representation_dim  # noqa: E402
+from shared.proc import popen  # noqa: E402
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     (tmp / "server.json").write_text(json.dumps({"max_images_per_request": max(64, n_img)}))
     cmd = [sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(ck_dir), "--port", str(port), "--config", str(tmp / "server.json"),
            "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "server.log").open("w"))
+    proc = popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "server.log").open("w"))
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:

@@ -36,6 +36,7 @@ from bench._common import RawHttpConnection, free_port, table, wait_ready, write
 from server.defences.profile import legit_streams  # noqa: E402
 from shared.data.synthetic import DataSpec, load_split  # noqa: E402
 from shared.images import encode_image  # noqa: E402
+from shared.proc import popen  # noqa: E402
 
 
 def tiers(profile: str) -> dict:
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
     if args.redis:
         env["REDIS_URL"] = args.redis
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", args.checkpoint, "--config",
+    proc = popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", args.checkpoint, "--config",
                              str(tmp / "server.json"), "--port", str(port), "--device", "cpu"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=(tmp / "server.log").open("w"))
     url = f"http://127.0.0.1:{port}"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from attacker.measure import probe_local
 from bench._common import RESULTS, table, write_json
 from shared.checkpoint import load_checkpoint
 from shared.data.synthetic import MAIN_TASK, DataSpec
+from shared.proc import run as run_child
 from testbed.legit import LegitTask, legit_user
 from testbed.policies import POLICIES, policy_tiers, representation_scale
 from testbed.services import REPO, serve
@@ -49,7 +49,7 @@ def steal(url: str, keys: list[str], out: Path, cache: Path, a: argparse.Namespa
            "--out", str(out), "--cache", str(cache), "--no-eval", "--threads", str(a.threads), *extra]
     env = {**os.environ, "HEIST_API_KEYS": ",".join(keys)}
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    run_child(cmd, cwd=REPO, env=env, check=True)
     ck = load_checkpoint(out)
     probe = probe_local(ck.encoder, DataSpec(), a.probe_train_size, progress=False)
     cost = ck.config.training.get("cost", {})

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 
 from bench._common import RESULTS, table, write_json
 from defender.cli import parse_components
+from shared.proc import run as run_child
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs"
@@ -60,7 +60,7 @@ def steal_all(args: argparse.Namespace) -> None:
                        "--query-set", "attack", "--arch", "resnet18", "--width", "16", "--epochs", str(args.epochs),
                        "--out", str(out), "--cache", str(args.runs / "steal-cache"), "--no-eval", *shlex.split(args.steal_args)]
                 print("$", " ".join(cmd), flush=True)
-                subprocess.run([sys.executable, "-m", "attacker.cli", *cmd[1:]], cwd=REPO, check=True,
+                run_child([sys.executable, "-m", "attacker.cli", *cmd[1:]], cwd=REPO, check=True,
                                env={**os.environ, "HEIST_API_KEYS": key})
 
 

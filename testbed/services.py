@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 
+from shared.proc import popen
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -118,17 +120,6 @@ def new_key(url: str, admin: str, tier: str, name: str) -> str:
     return create_account(url, admin, tier, name)["api_key"]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    """Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def _exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit in the main thread, so context managers stop their servers."""
     import signal
@@ -160,10 +151,9 @@ def serve(checkpoint: str | Path, config: dict | None = None, *, redis_url: str 
         log = Path(log_path) if log_path else Path(d) / "server.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(checkpoint),
+            proc = popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(checkpoint),
                                      "--config", str(cf), "--port", str(port)],
-                                    cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                    cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
             url = f"http://127.0.0.1:{port}"
             try:
                 wait_ready(url, proc, log, timeout_s=timeout_s, path="/healthz")

@@ -46,6 +46,7 @@ SERVER_TEST_CONFIG = {
 }
 
 
+from shared.proc import popen  # noqa: E402
 from testbed.services import free_port, wait_ready  # noqa: E402,F401  (free_port re-exported for the tests)
 
 
@@ -67,7 +68,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+        self.proc = popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                                       "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(100):
@@ -170,7 +171,7 @@ def server_factory(tmp_path_factory, tiny_checkpoint):
             cf = root / f"server-{port}.json"
             cf.write_text(json.dumps(config))
         log = root / f"server-{port}.log"
-        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(tiny_checkpoint),
+        proc = popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(tiny_checkpoint),
                                  "--config", str(cf), "--port", str(port)], cwd=REPO,
                                 env=server_env(redis_url, prefix, **env), stdout=log.open("w"), stderr=subprocess.STDOUT)
         sp = ServerProc(proc, port, log)

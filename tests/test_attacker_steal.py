@@ -23,6 +23,8 @@ from attacker.queries import acquire_sync, apply_map, drop_similar, fit_linear_m
 from attacker.steal import StealConfig, train_stolen
 from shared.checkpoint import load_checkpoint
 from shared.losses import STEALING_LOSSES
+from shared.proc import popen
+from shared.proc import run as run_child
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
@@ -60,7 +62,7 @@ def test_kill_and_resume_buys_nothing_twice(victim, tmp_path, data_root):
     cache, out, n = tmp_path / "cache", tmp_path / "stolen", 480
     env = _env(key, data_root)
     load_query_set("attack", n)  # render the query images before timing anything
-    proc = subprocess.Popen(_steal_cmd(victim.url, out, cache, n), cwd=REPO, env=env,
+    proc = popen(_steal_cmd(victim.url, out, cache, n), cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while _cached(cache) < 40 and time.monotonic() < deadline and proc.poll() is None:
@@ -74,7 +76,7 @@ def test_kill_and_resume_buys_nothing_twice(victim, tmp_path, data_root):
     lost_in_flight = counted_at_kill - at_kill
     assert 0 <= lost_in_flight <= 4  # at most one request (concurrency 1 x 4 images) paid but never received
 
-    r = subprocess.run(_steal_cmd(victim.url, out, cache, n), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    r = run_child(_steal_cmd(victim.url, out, cache, n), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{at_kill} served from cache, {n - at_kill} bought" in r.stdout
     assert _usage(victim, acct)["images"] == counted_at_kill + (n - at_kill)  # nothing cached was bought again
@@ -84,7 +86,7 @@ def test_kill_and_resume_buys_nothing_twice(victim, tmp_path, data_root):
     assert ck.config.kind == "stolen" and ck.config.width == 4
     assert ck.config.training["cost"]["answers_from_cache"] == at_kill
 
-    r = subprocess.run(_steal_cmd(victim.url, out, cache, n), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    r = run_child(_steal_cmd(victim.url, out, cache, n), cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{n} served from cache, 0 bought" in r.stdout
     assert _usage(victim, acct)["images"] == counted_at_kill + (n - at_kill)
@@ -95,11 +97,11 @@ def test_cli_errors_are_clear(victim, tmp_path, data_root):
     base = [sys.executable, "-m", "attacker.cli", "steal", "--url", victim.url, "--out", str(tmp_path / "o"),
             "--cache", str(tmp_path / "c"), "--width", "4", "--no-eval"]
     env = _env(key, data_root)
-    r = subprocess.run([*base, "--queries", "8", "--query-set", "train"], cwd=REPO, env=env, capture_output=True, text=True)
+    r = run_child([*base, "--queries", "8", "--query-set", "train"], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "off limits" in r.stderr
-    r = subprocess.run([*base, "--queries", "8", "--mode", "access-head"], cwd=REPO, env=env, capture_output=True, text=True)
+    r = run_child([*base, "--queries", "8", "--mode", "access-head"], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 3 and "403" in r.stderr and "projection" in r.stderr
-    r = subprocess.run([*base, "--queries", "8", "--query-set", "real:cifar10:/nonexistent"], cwd=REPO, env=env,
+    r = run_child([*base, "--queries", "8", "--query-set", "real:cifar10:/nonexistent"], cwd=REPO, env=env,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "cifar10" in r.stderr
 
@@ -123,7 +125,7 @@ def test_sybils_with_linear_mapper_and_averaging(victim, tmp_path):
 
 def test_access_head_buys_projections(victim, tmp_path, data_root):
     _, key = victim.new_account("unlimited")
-    r = subprocess.run(_steal_cmd(victim.url, tmp_path / "s", tmp_path / "c", 64, "--mode", "access-head"),
+    r = run_child(_steal_cmd(victim.url, tmp_path / "s", tmp_path / "c", 64, "--mode", "access-head"),
                        cwd=REPO, env=_env(key, data_root), capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout + r.stderr
     ck = load_checkpoint(tmp_path / "s")

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from conftest import REPO, compose_env, free_port, wait_http
 
+from shared.proc import popen
+from shared.proc import run as run_child
 from shared.schemas import API_KEY_PREFIX
 
 ORDER = ["redis", "victim-api", "provision", "attacker", "suspect-api", "defender"]
@@ -114,10 +116,10 @@ def test_scenario_runs_natively(trained_victim, redis_server_factory, tmp_path, 
             cmd, env = command(name), environment(name)
             if name.endswith("-api"):
                 log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115
-                procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+                procs.append(popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
                 healthy(name)
             else:
-                done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+                done = run_child(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
                 assert done.returncode == 0, f"{name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
         key = (tmp_path / "keys" / "thief.key").read_text().strip()
         assert key.startswith(API_KEY_PREFIX) and len(key.splitlines()) == 1

@@ -16,6 +16,8 @@ from conftest import REPO, SERVER_ADMIN_TOKEN, Victim, cleanup_prefix, server_en
 
 from shared.images import encode_image
 from shared.pow import make_challenge, solve, work_of
+from shared.proc import popen
+from shared.proc import run as run_child
 from shared.schemas import decode_embeddings
 
 RNG = np.random.default_rng(7)
@@ -213,7 +215,7 @@ def test_accounts_show_prints_defence_stats(dv):
     aid, key = dv.new_account("sim", name="cli-defence-user")
     _post(dv.client(key), _body(IMGS[0], IMGS[0]))
     env = server_env(dv.redis_url, dv.prefix)
-    out = subprocess.run([sys.executable, "-m", "server.cli", "accounts", "show", "cli-defence-user"], cwd=REPO, env=env,
+    out = run_child([sys.executable, "-m", "server.cli", "accounts", "show", "cli-defence-user"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
@@ -251,7 +253,7 @@ def test_serving_obfuscation_pad_shuffle(server_factory, tiny_checkpoint):
     from conftest import free_port, wait_http
     port = free_port()
     log = tiny_checkpoint.parent / f"obf-{port}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port),
+    proc = popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port),
                              *port_args], cwd=REPO, env=server_env(None, prefix), stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)

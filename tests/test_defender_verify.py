@@ -35,6 +35,8 @@ from shared.augment import to_float
 from shared.checkpoint import Checkpoint, EncoderConfig, WatermarkSpec, save_checkpoint
 from shared.data.synthetic import DataSpec, SplitSpec, load_split, private_split_indices
 from shared.models import representation_dim
+from shared.proc import popen
+from shared.proc import run as run_child
 from shared.transforms import make_transform
 from shared.watermark import rotated_copies
 
@@ -270,7 +272,7 @@ def test_bad_answers_raise_clear_errors_not_verdicts(zoo):
 
 def test_cli_verify_local_writes_reports(zoo, tmp_path):
     out = tmp_path / "report"
-    r = subprocess.run([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
+    r = run_child([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
                         "--suspect", str(zoo["paths"]["independent"]), "--out", str(out), "--quiet",
                         "--wm-n", "60", "--align-n", "150", "--di-fit", "100", "--di-private", "100", "--di-public", "150",
                         "--components", "auto", "--mi-dims", "8"], capture_output=True, text=True, timeout=300)
@@ -286,7 +288,7 @@ def test_cli_verify_local_writes_reports(zoo, tmp_path):
     assert (out / "verify.md").read_text().startswith("# Ownership verification")
     assert (out / "loglik_hist.png").stat().st_size > 1000 and (out / "watermark.png").stat().st_size > 1000
     # a suspect that cannot be opened: an error and no verdict
-    r = subprocess.run([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
+    r = run_child([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
                         "--suspect", "http://127.0.0.1:9/", "--api-key", "heist_x", "--quiet"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 3 and "no verdict" in r.stderr and "overall" not in r.stdout
 
@@ -294,7 +296,7 @@ def test_cli_verify_local_writes_reports(zoo, tmp_path):
 def test_cli_verify_with_a_reference_encoder(zoo, tmp_path, capsys):
     """--di-reference: dataset inference on reference-calibrated scores; the paper's raw test is kept."""
     out = tmp_path / "report"
-    r = subprocess.run([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
+    r = run_child([sys.executable, "-m", "defender.cli", "verify", "--victim", str(zoo["paths"]["victim"]),
                         "--suspect", str(zoo["paths"]["independent"]), "--di-reference", str(zoo["paths"]["stolen"]),
                         "--out", str(out), "--quiet", "--methods", "dataset_inference", "--di-fit", "100",
                         "--di-private", "100", "--di-public", "150", "--components", "3"],
@@ -324,7 +326,7 @@ def http_suspect_server(zoo, redis_url, tmp_path_factory):
     cf.write_text(json.dumps({**SERVER_TEST_CONFIG, "max_images_per_request": 32, "max_batch": 64}))
     port, prefix = free_port(), "heist-deftest-" + secrets.token_hex(4)
     log = root / "server.log"
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(zoo["paths"]["stolen"]),
+    proc = popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(zoo["paths"]["stolen"]),
                              "--config", str(cf), "--port", str(port)], env=server_env(redis_url, prefix),
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
     from tests.conftest import ServerProc

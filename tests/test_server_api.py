@@ -23,6 +23,8 @@ from PIL import Image
 
 from shared.checkpoint import load_checkpoint
 from shared.images import ImageLimits, encode_image, preprocess
+from shared.proc import popen
+from shared.proc import run as run_child
 from shared.schemas import EmbeddingResponse, ErrorResponse, decode_embeddings
 
 RNG = np.random.default_rng(0)
@@ -255,7 +257,7 @@ def test_keys_stored_only_as_hashes(victim):
 
 def test_cli_accounts_create_list_revoke(victim):
     env = server_env(victim.redis_url, victim.prefix)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "server.cli", "accounts", *a], cwd=REPO, env=env,  # noqa: E731
+    run = lambda *a: run_child([sys.executable, "-m", "server.cli", "accounts", *a], cwd=REPO, env=env,  # noqa: E731
                                     capture_output=True, text=True, timeout=120)
     out = run("create", "cli-user", "--tier", "free")
     assert out.returncode == 0, out.stderr
@@ -354,7 +356,7 @@ def test_compose_services_run_natively(tiny_checkpoint, redis_server_factory, tm
     cmd[cmd.index("--port") + 1] = str(port)
     cmd[cmd.index("--host") + 1] = "127.0.0.1"
     log = (tmp_path / "api.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/readyz", proc=proc)
