@@ -11,9 +11,21 @@ from pathlib import Path
 
 import torch
 
+from shared.cpu import onednn_isa
 from testbed.services import free_port, wait_ready  # noqa: F401  (re-exported for the benches)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def cpu_model() -> str:
+    """``model name`` from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:
@@ -22,14 +34,16 @@ def machine() -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
+        "onednn_isa": onednn_isa().reason,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
 def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+    """``results/<name>.json``; ``name`` may name a subfolder (``cpu/train_throughput``)."""
     path = RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     return path
 

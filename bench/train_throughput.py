@@ -6,7 +6,16 @@ raw:  the same forward/loss/backward/step on a batch tensor that is already made
 Both are timed alternately in one run (A, B, A, B, ...) and compared as a ratio, so machine
 noise hits both alike. The data-pipeline and augmentation overhead is 1 - full/raw (target <= 25%).
 
+``--modes`` also times the raw step under other settings of the oneDNN AVX2 workaround
+(``shared/cpu.py``), alternately in the same run: ``auto`` (what this process chose at start-up),
+``on``, ``off`` (refused where the workaround is needed: it would crash) and ``no-onednn``
+(oneDNN disabled, the blunt alternative). ``--width 4`` gives the stealing tests' ResNet, whose
+first stride-2 shortcut is the layer the workaround reroutes; at the preset's width 16 no layer
+is affected.
+
     uv run python -m bench.train_throughput [--preset cpu] [--steps 6] [--rounds 3]
+    uv run python -m bench.train_throughput --width 4 --modes auto,on,off,no-onednn
+    ONEDNN_MAX_CPU_ISA=AVX2 uv run python -m bench.train_throughput --modes auto,no-onednn --name train_throughput_avx2
 """
 
 from __future__ import annotations
@@ -14,12 +23,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
 from bench._common import table, write_json
 from shared.augment import to_float
+from shared.cpu import onednn_isa, set_strided_pointwise_workaround, strided_pointwise_workaround
 from shared.data.synthetic import load_split
 from shared.device import resolve_device
 from shared.train import get_preset
@@ -31,9 +42,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--steps", type=int, default=6, help="steps per timed block")
     ap.add_argument("--rounds", type=int, default=3, help="alternating blocks of each kind")
+    ap.add_argument("--width", type=int, help="override the preset's width (4: the stealing tests' ResNet)")
+    ap.add_argument("--modes", default="auto", help="comma list of workaround modes for the raw step: auto, on, off, no-onednn")
+    ap.add_argument("--name", default="train_throughput", help="results/<name>.json")
     args = ap.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown := set(modes) - set(MODES):
+        ap.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    needed = strided_pointwise_workaround()
+    if "off" in modes and needed:
+        ap.error("mode off is refused here: this process needs the workaround (oneDNN's AVX2 kernel would corrupt memory)")
 
     cfg = get_preset(args.preset)
+    if args.width:
+        cfg = cfg.model_copy(update={"width": args.width})
     device = resolve_device(cfg.device)
     images = torch.from_numpy(load_split(cfg.data, cfg.train_split).images)
     ckpt = build_checkpoint(cfg).to(device)
@@ -61,34 +83,52 @@ def main(argv: list[str] | None = None) -> dict:
 
     fixed_batch, fixed_k = make_batch(to_float(images[: cfg.batch_size]).to(device), cfg, g, n_wm)
 
-    def raw_block() -> float:
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            step(fixed_batch, fixed_k)
-        return time.perf_counter() - t
+    def raw_block(mode: str = "auto") -> float:
+        set_strided_pointwise_workaround({"on": True, "off": False}.get(mode))
+        ctx = torch.backends.mkldnn.flags(enabled=False) if mode == "no-onednn" else nullcontext()
+        try:
+            with ctx:
+                t = time.perf_counter()
+                for _ in range(args.steps):
+                    step(fixed_batch, fixed_k)
+                return time.perf_counter() - t
+        finally:
+            set_strided_pointwise_workaround(None)
 
     per_step = fixed_batch.shape[0]
-    raw_block(), full_block()  # warm-up
-    full_t, raw_t = [], []
+    full_block()  # warm-up
+    for m in modes:
+        raw_block(m)
+    full_t: list[float] = []
+    raw_t: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(args.rounds):
         full_t.append(full_block())
-        raw_t.append(raw_block())
+        for m in modes:
+            raw_t[m].append(raw_block(m))
     full_ips = per_step * args.steps / statistics.median(full_t)
-    raw_ips = per_step * args.steps / statistics.median(raw_t)
-    ratio = full_ips / raw_ips
-    rows = [
-        {"step": "raw forward+backward", "images/s": f"{raw_ips:.0f}", "ratio": "1.00"},
-        {"step": "full training step", "images/s": f"{full_ips:.0f}", "ratio": f"{ratio:.2f}"},
-    ]
+    raw_ips = {m: per_step * args.steps / statistics.median(raw_t[m]) for m in modes}
+    base = raw_ips[modes[0]]
+    ratio = full_ips / raw_ips["auto"] if "auto" in raw_ips else None
+    rows = [{"step": f"raw forward+backward, workaround {m}", "images/s": f"{raw_ips[m]:.0f}", "ratio": f"{raw_ips[m] / base:.2f}"}
+            for m in modes]
+    rows.append({"step": "full training step (auto)", "images/s": f"{full_ips:.0f}", "ratio": f"{full_ips / base:.2f}"})
+    isa = onednn_isa()
     print(f"preset {cfg.preset}: {cfg.arch} width {cfg.width}, batch {cfg.batch_size} (+{n_wm} watermark) "
-          f"= {per_step} images per step, device {device}")
+          f"= {per_step} images per step, device {device}; oneDNN ISA {isa.family} ({isa.reason}), "
+          f"workaround at start-up: {'on' if needed else 'off'}")
     print(table(rows, ["step", "images/s", "ratio"]))
-    print(f"data pipeline + augmentation overhead: {100 * (1 - ratio):.1f}% (target <= 25%)")
-    result = {"preset": cfg.preset, "images_per_step": per_step, "raw_images_per_s": raw_ips,
-              "full_images_per_s": full_ips, "ratio": ratio, "overhead": 1 - ratio,
+    if ratio is not None:
+        print(f"data pipeline + augmentation overhead: {100 * (1 - ratio):.1f}% (target <= 25%)")
+    result = {"preset": cfg.preset, "width": cfg.width, "images_per_step": per_step, "onednn_isa": isa.family,
+              "onednn_isa_reason": isa.reason, "workaround_at_startup": needed,
+              "raw_images_per_s": raw_ips.get("auto"), "raw_images_per_s_by_mode": raw_ips,
+              "full_images_per_s": full_ips, "ratio": ratio, "overhead": None if ratio is None else 1 - ratio,
               "full_block_s": full_t, "raw_block_s": raw_t}
-    print(f"wrote {write_json('train_throughput', result)}")
+    print(f"wrote {write_json(args.name, result)}")
     return result
+
+
+MODES = ("auto", "on", "off", "no-onednn")
 
 
 if __name__ == "__main__":

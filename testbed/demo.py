@@ -2,7 +2,10 @@
 
     heist-demo [--policy b4b] [--victim runs/victim] [--queries 4000] [--out runs/demo]
 
-1. victim: reuse ``--victim`` when it holds a checkpoint, else train it (``heist-server train --preset P``);
+1. victim: reuse ``--victim`` when it holds a checkpoint; else, for the default ``cpu`` preset, copy the
+   shipped default victim (``assets/victim-cpu``: weights checked against its sha256, see its
+   README for the command that made it); else, or with ``--train-victim``, train it
+   (``heist-server train --preset P``);
 2. data: the victim's procedural heist-shapes dataset (cached under data/);
 3. legitimate profile of that victim (``heist-server defences record-profile``; cached in the victim folder);
 4. the victim API (``heist-server serve``) on loopback: embedded store, or Redis when ``REDIS_URL`` is set;
@@ -21,9 +24,10 @@ Every server started here is stopped on exit (also on Ctrl-C and errors).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,6 +35,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from shared.proc import run as run_child
 from testbed.services import REPO, serve
 
 console = Console(stderr=True)
@@ -43,12 +48,39 @@ def step(n: int, total: int, text: str) -> None:
 def run(cmd: list[str], env: dict | None = None) -> None:
     shown = " ".join(cmd)  # keys travel in the environment, never on a command line
     console.print(f"[dim]$ {shown}[/]")
-    subprocess.run([sys.executable, "-m", *cmd], cwd=REPO, env={**os.environ, **(env or {})}, check=True)
+    run_child([sys.executable, "-m", *cmd], cwd=REPO, env={**os.environ, **(env or {})}, check=True)
 
 
-def ensure_victim(victim: Path, preset: str) -> dict:
+SHIPPED_VICTIMS = REPO / "assets"  # assets/victim-<preset>: model.safetensors, config.json, SHA256SUMS
+
+
+def shipped_victim(preset: str) -> Path | None:
+    folder = SHIPPED_VICTIMS / f"victim-{preset}"
+    return folder if (folder / "SHA256SUMS").is_file() else None
+
+
+def copy_shipped_victim(src: Path, dest: Path) -> None:
+    """Copy a shipped checkpoint after checking every file against its SHA256SUMS (all or nothing)."""
+    files: dict[str, bytes] = {}
+    for line in (src / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        files[name] = (src / name).read_bytes()
+        if hashlib.sha256(files[name]).hexdigest() != digest:
+            raise RuntimeError(f"{src / name} does not match its SHA256SUMS entry; restore it (git checkout) or use --train-victim")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (dest / (name + ".tmp")).write_bytes(data)
+    for name in sorted(files, key=lambda n: n == "config.json"):  # config.json last: it marks a complete checkpoint
+        shutil.move(dest / (name + ".tmp"), dest / name)
+
+
+def ensure_victim(victim: Path, preset: str, train: bool = False) -> dict:
     if (victim / "config.json").is_file():
         console.print(f"reusing the victim in {victim}")
+    elif not train and (src := shipped_victim(preset)) is not None:
+        copy_shipped_victim(src, victim)
+        console.print(f"using the shipped {preset} victim ({src.relative_to(REPO)}, made by the command in its README) "
+                      f"-> {victim}; --train-victim trains one on this machine instead")
     else:
         run(["server.cli", "train", "--preset", preset, "--out", str(victim)])
     return json.loads((victim / "config.json").read_text())
@@ -60,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                    "b4b, pow, all (testbed/policies.py)")
     p.add_argument("--victim", type=Path, default=REPO / "runs" / "victim", help="victim checkpoint (trained when missing)")
     p.add_argument("--preset", default="cpu", help="training preset when the victim must be trained")
+    p.add_argument("--train-victim", action="store_true", help="train a missing victim here instead of copying the "
+                   "shipped one (assets/victim-<preset>); the cpu preset trains 10 epochs of 20,000 images")
     p.add_argument("--queries", type=int, default=4000, help="thief's query budget (attack split)")
     p.add_argument("--loss", default="mse", help="thief's stealing loss")
     p.add_argument("--epochs", type=int, default=20, help="thief's training epochs")
@@ -90,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     total = 8
 
     step(1, total, "victim (reused or trained)")
-    vcfg = ensure_victim(a.victim, a.preset)
+    vcfg = ensure_victim(a.victim, a.preset, a.train_victim)
     step(2, total, "data (the victim's dataset spec)")
     spec = DataSpec.model_validate(vcfg["data"]["spec"])
     make_all(spec)

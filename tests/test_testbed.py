@@ -144,3 +144,26 @@ def test_servers_die_with_the_process_that_started_them(tiny_checkpoint, sig):
             return
         time.sleep(0.2)
     pytest.fail(f"server {server_pid} still running after its parent got {sig}")
+
+
+def test_shipped_victim_is_checked_and_loads(tmp_path):
+    from shared.checkpoint import load_checkpoint
+    from testbed.demo import copy_shipped_victim, ensure_victim, shipped_victim
+
+    src = shipped_victim("cpu")
+    assert src is not None, "assets/victim-cpu must ship with SHA256SUMS"
+    cfg = ensure_victim(tmp_path / "victim", "cpu")
+    assert cfg["training"]["preset"] == "cpu" and cfg["metrics"]["watermark_acc"] >= 0.99
+    ck = load_checkpoint(tmp_path / "victim")
+    assert ck.config.width == 16 and not list((tmp_path / "victim").glob("*.tmp"))
+    # a damaged copy is refused, and nothing is written
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in src.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    raw = bytearray((bad / "model.safetensors").read_bytes())
+    raw[-1] ^= 1
+    (bad / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(RuntimeError, match="SHA256SUMS"):
+        copy_shipped_victim(bad, tmp_path / "dest")
+    assert not (tmp_path / "dest" / "model.safetensors").exists()
