@@ -1,0 +1,71 @@
+"""Exception handlers of the victim API: every error leaves in the ``{"error": {...}}`` shape."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.batcher import Overloaded
+from server.deps import get_state
+from server.errors import STATUS_TYPES, ApiError, error_response
+from server.store import StoreUnavailable
+
+log = logging.getLogger("heist.api")
+
+
+async def api_error(request: Request, exc: ApiError):
+    return exc.response()
+
+
+async def store_unavailable(request: Request, exc: StoreUnavailable):
+    """503 with Retry-After: the store could not confirm, so the request is refused (fail closed)."""
+    state = get_state(request)
+    state.metrics.store_errors.inc()
+    log.warning("store unavailable", extra={"error": str(exc)})
+    return error_response(503, "store_unavailable", "account store unreachable; retry later",
+                          retry_after=state.config.store_retry_after_s)
+
+
+async def overloaded(request: Request, exc: Overloaded):
+    return error_response(503, "overloaded", f"server overloaded ({exc}); retry later", retry_after=1)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException):
+    return error_response(exc.status_code, STATUS_TYPES.get(exc.status_code, "http_error"), str(exc.detail),
+                          headers=getattr(exc, "headers", None))
+
+
+async def validation_error(request: Request, exc: RequestValidationError):
+    """400 for a body that is not JSON; 422 naming the first bad field (``param``) and up to five messages."""
+    errs = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errs):
+        return error_response(400, "invalid_json", "request body is not valid JSON")
+    first = errs[0] if errs else {}
+    loc = [x for x in first.get("loc", ()) if x != "body"]
+    param = "".join(f"[{x}]" if isinstance(x, int) else (f".{x}" if i else str(x)) for i, x in enumerate(loc)) or None
+    msgs = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}" for e in errs[:5])
+    return error_response(422, "invalid_request_error", msgs, param=param)
+
+
+async def internal_error(request: Request, exc: Exception):
+    log.exception("internal error")
+    return error_response(500, "internal_error", "internal server error")
+
+
+HANDLERS = {
+    ApiError: api_error,
+    StoreUnavailable: store_unavailable,
+    Overloaded: overloaded,
+    StarletteHTTPException: http_error,
+    RequestValidationError: validation_error,
+    Exception: internal_error,
+}
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register every handler of ``HANDLERS`` on ``app``."""
+    for exc_class, handler in HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)
