@@ -6,8 +6,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
-DI_MARGIN = 0.1  # VerifyConfig.di_margin's default, kept here so that --help imports nothing heavy (a test checks they agree)
+from defender.config import VerifyConfig  # pydantic only: --help loads no model code
+
+DI_MARGIN = VerifyConfig.model_fields["di_margin"].default
 
 
 def _cmd_watermark(args: argparse.Namespace) -> int:
@@ -48,15 +51,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     from defender.report import text_table, write
     from defender.suspects import SuspectError, open_suspect
-    from defender.verify import METHODS, VerifyConfig, verify
+    from defender.verify import verify
     from shared.checkpoint import load_checkpoint
     from shared.transforms import make_transform
 
     victim = load_checkpoint(args.victim)
-    cfg = VerifyConfig(alpha=args.alpha, wm_n=args.wm_n, align_n=args.align_n, di_fit=args.di_fit, di_private=args.di_private,
-                       di_public=args.di_public, di_public_split=args.di_public_split, di_components=args.components,
-                       di_alternative=args.di_alternative, di_margin=args.di_margin, wm_margin=args.wm_margin,
-                       mi_dims=args.mi_dims, seed=args.seed, methods=tuple(args.methods or METHODS))
+    cfg = VerifyConfig(**{name: getattr(args, name) for _, name, _ in VERIFY_OPTIONS})
     references = {str(r): load_checkpoint(r) for r in args.di_reference or []}
     transform = None
     if args.obfuscate:  # testing aid: obfuscate a *local* suspect's answers (keyed by --obfuscate-seed)
@@ -94,6 +94,41 @@ def parse_components(v: str) -> int | str:
     return n
 
 
+# verify's options that set VerifyConfig fields: flag, field, argparse settings beyond what the field gives
+VERIFY_OPTIONS: tuple[tuple[str, str, dict], ...] = (
+    ("--alpha", "alpha", {}),
+    ("--wm-n", "wm_n", {}),
+    ("--wm-margin", "wm_margin", {}),
+    ("--align-n", "align_n", {}),
+    ("--di-fit", "di_fit", {}),
+    ("--di-private", "di_private", {}),
+    ("--di-public", "di_public", {}),
+    ("--di-public-split", "di_public_split", {}),
+    ("--components", "di_components", {"type": parse_components, "metavar": "COMPONENTS"}),
+    ("--di-alternative", "di_alternative", {}),
+    ("--di-margin", "di_margin", {"metavar": "RHO"}),
+    ("--mi-dims", "mi_dims", {}),
+    ("--methods", "methods", {}),
+    ("--seed", "seed", {}),
+)
+
+
+def config_option(name: str, **extra) -> dict:
+    """``add_argument`` keywords for the VerifyConfig field ``name``: its type (choices for a
+    Literal, one or more values for a tuple), default and description."""
+    f = VerifyConfig.model_fields[name]
+    kw: dict = {"dest": name, "default": f.default}
+    if get_origin(f.annotation) is Literal:
+        kw["choices"] = list(get_args(f.annotation))
+    elif get_origin(f.annotation) is tuple:
+        kw["nargs"] = "+"
+    elif f.annotation in (int, float):
+        kw["type"] = f.annotation
+    shown = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+    kw["help"] = f"{(f.description or '').replace('%', '%%')} (default: {shown})".lstrip()
+    return kw | extra
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="heist-defend", description="Encoder Heist defender: ownership checks of a suspect encoder.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -109,32 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--suspect", required=True, help="suspect: http(s)://host:port of an embeddings API, or a checkpoint folder")
     v.add_argument("--api-key", help="API key for an HTTP suspect (default: $HEIST_API_KEY)")
     v.add_argument("--out", help="folder for verify.json, verify.md and plots")
-    v.add_argument("--alpha", type=float, default=0.01)
-    v.add_argument("--wm-n", type=int, default=500, help="private images for the watermark (x4 rotations)")
-    v.add_argument("--wm-margin", type=float, default=0.05,
-                   help="a watermark says stolen only at accuracy >= 0.5 + margin (and p < alpha)")
-    v.add_argument("--align-n", type=int, default=1000, help="public images for alignment and similarity")
-    v.add_argument("--di-fit", type=int, default=1000, help="private part A size (GMM fit)")
-    v.add_argument("--di-private", type=int, default=1000, help="private part B size (scored)")
-    v.add_argument("--di-public", type=int, default=1000, help="public images scored")
-    v.add_argument("--di-public-split", default="test", help="split used as public data for dataset inference")
-    v.add_argument("--components", type=parse_components, default="auto",
-                   help="GMM components of dataset inference, or auto (default): the count of 1, 3, 10 whose membership "
-                        "signal is strongest on the victim itself")
-    v.add_argument("--di-alternative", choices=["victim", "greater", "less", "two-sided"], default="victim",
-                   help="side of the DI t-test: victim (default) learns it on the victim's own members vs public images; "
-                        "greater is the paper's (members more likely)")
-    v.add_argument("--di-margin", type=float, default=DI_MARGIN, metavar="RHO",
-                   help="dataset inference against a smallest effect of interest: the suspect must keep more than RHO x "
-                        "the victim's own membership effect (measured locally on the same rows) to be called stolen; "
-                        "0 = the paper's test against no effect (default: %(default)s)")
+    for flag, name, extra in VERIFY_OPTIONS:
+        v.add_argument(flag, **config_option(name, **extra))
     v.add_argument("--di-reference", action="append", metavar="DIR",
                    help="reference encoder (checkpoint folder) that never saw the private data, e.g. trained on public data; "
                         "dataset inference then tests reference-calibrated log-likelihoods (repeatable; the raw test stays "
                         "in the JSON)")
-    v.add_argument("--mi-dims", type=int, default=16, help="whitened dimensions for the MI estimator")
-    v.add_argument("--methods", nargs="+", help="subset of: watermark watermark_aligned dataset_inference dataset_inference_aligned similarity")
-    v.add_argument("--seed", type=int, default=0)
     v.add_argument("--obfuscate", choices=["permute", "pad_shuffle", "affine"], help="(local suspects) obfuscate its answers")
     v.add_argument("--obfuscate-seed", type=int, default=1)
     v.add_argument("--pad", type=int, default=16, help="padding dimensions for --obfuscate pad_shuffle")

@@ -1,0 +1,18 @@
+"""Ownership checks of ``verify``, one per module (:class:`~defender.checks.base.Check`), and the
+order they run in: similarity (on the public queries, made first), then the watermarks, then
+dataset inference."""
+
+from __future__ import annotations
+
+from defender.checks.base import Check, Verdict
+from defender.checks.context import Context
+from defender.checks.dataset_inference import DatasetInferenceCheck
+from defender.checks.dataset_inference_aligned import AlignedDatasetInferenceCheck
+from defender.checks.similarity import SimilarityCheck
+from defender.checks.watermark import WatermarkCheck
+from defender.checks.watermark_aligned import AlignedWatermarkCheck
+
+CHECKS: tuple[Check, ...] = (SimilarityCheck(), WatermarkCheck(), AlignedWatermarkCheck(), DatasetInferenceCheck(),
+                             AlignedDatasetInferenceCheck())
+
+__all__ = ["CHECKS", "Check", "Context", "Verdict"]
