@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,13 +31,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import RawHttpConnection, free_port, process_cpu_seconds, wait_ready  # noqa: E402
+from bench._common import RawHttpConnection, process_cpu_seconds, wait_ready  # noqa: E402
 from server.batcher import ServingForward, serving_module  # noqa: E402
 from server.config import ServerConfig  # noqa: E402
 from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint  # noqa: E402
 from shared.images import encode_image  # noqa: E402
 from shared.models import representation_dim  # noqa: E402
-from shared.proc import popen  # noqa: E402
+from testbed.services import server_env, start_server  # noqa: E402
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -169,21 +168,16 @@ def main(argv: list[str] | None = None) -> int:
                           "encoding_format": "base64"}).encode() for i in range(64)]
 
     admin = secrets.token_urlsafe(24)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}
-    env.update({"HEIST_ADMIN_TOKEN": admin, "HEIST_SERVER_SECRET": secrets.token_urlsafe(24), "HEIST_TORCH_THREADS": str(threads),
-                "HEIST_STORE_PREFIX": "bench-" + secrets.token_hex(3), "HEIST_LOG_LEVEL": "warning"})
-    if args.redis:
-        env["REDIS_URL"] = args.redis
-    env["HEIST_JIT"] = "0" if args.no_jit else "1"
-    env["HEIST_GC_FREEZE"] = "0" if args.no_gc_freeze else "1"
+    extra = {"HEIST_LOG_LEVEL": "warning", "HEIST_JIT": "0" if args.no_jit else "1",
+             "HEIST_GC_FREEZE": "0" if args.no_gc_freeze else "1"}
     if args.switch_interval_ms is not None:
-        env["HEIST_SWITCH_INTERVAL_MS"] = str(args.switch_interval_ms)
+        extra["HEIST_SWITCH_INTERVAL_MS"] = str(args.switch_interval_ms)
+    env = server_env(admin, secrets.token_urlsafe(24), redis_url=args.redis, prefix="bench-" + secrets.token_hex(3),
+                     torch_threads=threads, **extra)
     (tmp / "server.json").write_text(json.dumps({"max_images_per_request": max(64, n_img)}))
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(ck_dir), "--port", str(port), "--config", str(tmp / "server.json"),
-           "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu"]
-    proc = popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=(tmp / "server.log").open("w"))
-    url = f"http://127.0.0.1:{port}"
+    server = start_server(ck_dir, env, tmp / "server.log", config_file=tmp / "server.json", wait=False, discard_stdout=True,
+                          args=["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--device", "cpu"])
+    proc, url = server.proc, server.url
     rows = []
     try:
         wait_ready(url, proc, tmp / "server.log", timeout_s=60)
@@ -201,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             ref["forward_ms_per_image"] = 1000 / ref["images_per_s"]
             rows.append({"concurrency": conc, "api": api, "in_process": ref, "ratio": api["images_per_s"] / ref["images_per_s"]})
     finally:
-        proc.terminate()
-        proc.wait(15)
+        server.stop()
 
     print(f"model {ck.config.arch} width {ck.config.width} ({ck_dir.name}), {n_img} images/request, PNG base64 in, "
           f"base64 float32 out, torch threads {threads}, {os.cpu_count()} CPUs, store {'redis' if args.redis else 'embedded'}, "

@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,11 +31,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench._common import RawHttpConnection, free_port, table, wait_ready, write_json  # noqa: E402
+from bench._common import RawHttpConnection, table, wait_ready, write_json  # noqa: E402
 from server.defences.profile import legit_streams  # noqa: E402
 from shared.data.synthetic import DataSpec, load_split  # noqa: E402
 from shared.images import encode_image  # noqa: E402
-from shared.proc import popen  # noqa: E402
+from testbed.services import server_env, start_server  # noqa: E402
 
 
 def tiers(profile: str) -> dict:
@@ -113,20 +112,15 @@ def main(argv=None) -> int:
     conf = {"max_images_per_request": 64, "max_wait_ms": 2, "tiers": all_tiers}
     (tmp / "server.json").write_text(json.dumps(conf))
     admin = secrets.token_urlsafe(24)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}
-    env.update({"HEIST_ADMIN_TOKEN": admin, "HEIST_SERVER_SECRET": secrets.token_urlsafe(24), "HEIST_TORCH_THREADS": "1",
-                "HEIST_STORE_PREFIX": "overhead-" + secrets.token_hex(3), "HEIST_LOG_LEVEL": "warning"})
-    if args.redis:
-        env["REDIS_URL"] = args.redis
-    port = free_port()
-    proc = popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", args.checkpoint, "--config",
-                             str(tmp / "server.json"), "--port", str(port), "--device", "cpu"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=(tmp / "server.log").open("w"))
-    url = f"http://127.0.0.1:{port}"
+    env = server_env(admin, secrets.token_urlsafe(24), redis_url=args.redis, prefix="overhead-" + secrets.token_hex(3),
+                     HEIST_LOG_LEVEL="warning")
+    server = start_server(args.checkpoint, env, tmp / "server.log", config_file=tmp / "server.json", args=["--device", "cpu"],
+                          wait=False, discard_stdout=True)
+    url = server.url
     results: dict[str, list[float]] = {t: [] for t in conf["tiers"]}
     extra: dict[str, dict] = {}
     try:
-        wait_ready(url, proc, tmp / "server.log", timeout_s=120)
+        wait_ready(url, server.proc, tmp / "server.log", timeout_s=120)
         asyncio.run(level(url, admin, "none", bodies, args.concurrency, 1.0))  # warm-up
         for r in range(args.rounds):
             order = list(conf["tiers"]) if r % 2 == 0 else list(reversed(conf["tiers"]))
@@ -136,8 +130,7 @@ def main(argv=None) -> int:
                 extra[tier] = out
                 print(f"round {r} {tier:15s} {out['images_per_s']:7.1f} img/s", flush=True)
     finally:
-        proc.terminate()
-        proc.wait(15)
+        server.stop()
     base = float(np.mean(results["none"]))
     rows = [{"tier": t, "images_per_s": round(float(np.mean(v)), 1), "ratio": f"{np.mean(v) / base:.1%}",
              "errors": extra[t]["errors"], "accounts_rotated": extra[t]["rotated"]} for t, v in results.items()]

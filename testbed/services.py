@@ -129,6 +129,68 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+@dataclass
+class ServerProcess:
+    """A running ``heist-server serve`` subprocess (stdout and stderr in ``log``)."""
+
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout_s: float = 20) -> None:
+        """SIGTERM (graceful shutdown), then SIGKILL after ``timeout_s``."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def server_env(admin_token: str, secret: str, *, redis_url: str | None = None, prefix: str | None = None,
+               torch_threads: int = 1, **extra: str) -> dict[str, str]:
+    """The server's environment: this process's, minus every ``HEIST_*`` and ``REDIS_URL`` setting,
+    plus the secrets, the store and ``extra`` (``HEIST_*`` names)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}
+    env.update(HEIST_ADMIN_TOKEN=admin_token, HEIST_SERVER_SECRET=secret, HEIST_TORCH_THREADS=str(torch_threads),
+               PYTHONUNBUFFERED="1", **extra)
+    if redis_url:
+        env.update(REDIS_URL=redis_url, HEIST_STORE_PREFIX=prefix or "heist-tb-" + secrets.token_hex(4))
+    elif prefix:
+        env["HEIST_STORE_PREFIX"] = prefix
+    return env
+
+
+def start_server(checkpoint: str | Path, env: dict[str, str], log_path: Path, *, config_file: Path | None = None,
+                 args: list[str] | tuple[str, ...] = (), port: int | None = None, wait: bool = True,
+                 timeout_s: float = 300, ready_path: str = "/healthz", discard_stdout: bool = False) -> ServerProcess:
+    """The one launcher of ``heist-server serve`` (testbed, benches and tests): a free loopback port,
+    the child tied to this process (``shared.proc``), ready when ``ready_path`` answers 200.
+    Its output goes to ``log_path``; ``discard_stdout`` keeps only stderr there (load benchmarks)."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(checkpoint), "--port", str(port)]
+    if config_file is not None:
+        cmd += ["--config", str(config_file)]
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as fh:
+        proc = popen([*cmd, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL if discard_stdout else fh,
+                     stderr=fh if discard_stdout else subprocess.STDOUT)
+    server = ServerProcess(proc, port, log_path)
+    if wait:
+        try:
+            wait_ready(server.url, proc, log_path, timeout_s=timeout_s, path=ready_path)
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
 @contextmanager
 def serve(checkpoint: str | Path, config: dict | None = None, *, redis_url: str | None = None, prefix: str | None = None,
           secret: str | None = None, log_path: Path | None = None, torch_threads: int = 1,
@@ -139,29 +201,15 @@ def serve(checkpoint: str | Path, config: dict | None = None, *, redis_url: str 
     random one). Secrets (admin token, server secret) are generated here and passed by environment.
     """
     _exit_on_sigterm()
-    port, token = free_port(), "tb-admin-" + secrets.token_urlsafe(16)
+    token = "tb-admin-" + secrets.token_urlsafe(16)
     with tempfile.TemporaryDirectory(prefix="heist-serve-") as d:
         cf = Path(d) / "server.json"
         cf.write_text(json.dumps(config or {}))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}
-        env.update(HEIST_ADMIN_TOKEN=token, HEIST_SERVER_SECRET=secret or "tb-" + secrets.token_hex(16),
-                   HEIST_TORCH_THREADS=str(torch_threads))
-        if redis_url:
-            env.update(REDIS_URL=redis_url, HEIST_STORE_PREFIX=prefix or "heist-tb-" + secrets.token_hex(4))
-        log = Path(log_path) if log_path else Path(d) / "server.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as fh:
-            proc = popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(checkpoint),
-                                     "--config", str(cf), "--port", str(port)],
-                                    cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-            url = f"http://127.0.0.1:{port}"
-            try:
-                wait_ready(url, proc, log, timeout_s=timeout_s, path="/healthz")
-                yield Server(url, token, proc, log)
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+        env = server_env(token, secret or "tb-" + secrets.token_hex(16), redis_url=redis_url, prefix=prefix,
+                         torch_threads=torch_threads)
+        server = start_server(checkpoint, env, Path(log_path) if log_path else Path(d) / "server.log", config_file=cf,
+                              timeout_s=timeout_s)
+        try:
+            yield Server(server.url, token, server.proc, server.log)
+        finally:
+            server.stop()

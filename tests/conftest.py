@@ -24,7 +24,6 @@ import json  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -47,6 +46,7 @@ SERVER_TEST_CONFIG = {
 
 
 from shared.proc import popen  # noqa: E402
+from testbed import services  # noqa: E402
 from testbed.services import free_port, wait_ready  # noqa: E402,F401  (free_port re-exported for the tests)
 
 
@@ -133,27 +133,11 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 def server_env(redis_url: str | None, prefix: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"}
-    env.update({"HEIST_ADMIN_TOKEN": SERVER_ADMIN_TOKEN, "HEIST_SERVER_SECRET": "test-secret-" + prefix,
-                "HEIST_STORE_PREFIX": prefix, "HEIST_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra})
-    if redis_url:
-        env["REDIS_URL"] = redis_url
-    return env
+    """The test servers' environment: the shared admin token, a per-prefix secret, one torch thread."""
+    return services.server_env(SERVER_ADMIN_TOKEN, "test-secret-" + prefix, redis_url=redis_url, prefix=prefix, **extra)
 
 
-class ServerProc:
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
-        self.proc, self.port, self.log = proc, port, log
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+ServerProc = services.ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -170,18 +154,9 @@ def server_factory(tmp_path_factory, tiny_checkpoint):
         if config is not None:
             cf = root / f"server-{port}.json"
             cf.write_text(json.dumps(config))
-        log = root / f"server-{port}.log"
-        proc = popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(tiny_checkpoint),
-                                 "--config", str(cf), "--port", str(port)], cwd=REPO,
-                                env=server_env(redis_url, prefix, **env), stdout=log.open("w"), stderr=subprocess.STDOUT)
-        sp = ServerProc(proc, port, log)
+        sp = services.start_server(tiny_checkpoint, server_env(redis_url, prefix, **env), root / f"server-{port}.log",
+                                   config_file=cf, port=port, wait=wait, timeout_s=90)
         procs.append(sp)
-        if wait:
-            try:
-                wait_http(sp.url + "/healthz", proc=proc)
-            except Exception:
-                print(log.read_text()[-3000:])
-                raise
         return sp
 
     yield start

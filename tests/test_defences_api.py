@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import subprocess
 import sys
 
 import numpy as np
@@ -16,9 +15,9 @@ from conftest import REPO, SERVER_ADMIN_TOKEN, Victim, cleanup_prefix, server_en
 
 from shared.images import encode_image
 from shared.pow import make_challenge, solve, work_of
-from shared.proc import popen
 from shared.proc import run as run_child
 from shared.schemas import decode_embeddings
+from testbed.services import start_server
 
 RNG = np.random.default_rng(7)
 IMGS = [encode_image(RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(6)]
@@ -250,13 +249,10 @@ def test_serving_obfuscation_pad_shuffle(server_factory, tiny_checkpoint):
     sp = server_factory(None, prefix, config={"tiers": {"unlimited": {"outputs": ["representation", "projection"]}}})
     plain = Victim(sp, None, prefix)
     port_args = ["--obfuscate", "pad_shuffle", "--obfuscation-seed", "3", "--obfuscation-pad", "8"]
-    from conftest import free_port, wait_http
-    port = free_port()
-    log = tiny_checkpoint.parent / f"obf-{port}.log"
-    proc = popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port),
-                             *port_args], cwd=REPO, env=server_env(None, prefix), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    obf_server = start_server(tiny_checkpoint, server_env(None, prefix), tiny_checkpoint.parent / f"obf-{prefix}.log",
+                              args=port_args, timeout_s=90)
+    port = obf_server.port
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         import httpx
         m = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]
         assert m["representation_dim"] == 40 and m["projection_dim"] == 16 + 8
@@ -273,5 +269,4 @@ def test_serving_obfuscation_pad_shuffle(server_factory, tiny_checkpoint):
                                              headers={"Authorization": f"Bearer {key}"}).json())
         assert np.array_equal(obf, again)
     finally:
-        proc.terminate()
-        proc.wait(15)
+        obf_server.stop()

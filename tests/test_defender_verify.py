@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -35,10 +34,10 @@ from shared.augment import to_float
 from shared.checkpoint import Checkpoint, EncoderConfig, WatermarkSpec, save_checkpoint
 from shared.data.synthetic import DataSpec, SplitSpec, load_split, private_split_indices
 from shared.models import representation_dim
-from shared.proc import popen
 from shared.proc import run as run_child
 from shared.transforms import make_transform
 from shared.watermark import rotated_copies
+from testbed.services import start_server
 
 SPEC = DataSpec(name="defender-test", splits={
     "train": SplitSpec(domain="photo", size=240), "test": SplitSpec(domain="photo", size=250),
@@ -319,25 +318,13 @@ def test_cli_verify_with_a_reference_encoder(zoo, tmp_path, capsys):
 def http_suspect_server(zoo, redis_url, tmp_path_factory):
     import secrets
 
-    from tests.conftest import SERVER_TEST_CONFIG, Victim, cleanup_prefix, free_port, server_env, wait_http
+    from tests.conftest import SERVER_TEST_CONFIG, Victim, cleanup_prefix, server_env
 
     root = tmp_path_factory.mktemp("defender-http")
     cf = root / "server.json"
     cf.write_text(json.dumps({**SERVER_TEST_CONFIG, "max_images_per_request": 32, "max_batch": 64}))
-    port, prefix = free_port(), "heist-deftest-" + secrets.token_hex(4)
-    log = root / "server.log"
-    proc = popen([sys.executable, "-m", "server.cli", "serve", "--checkpoint", str(zoo["paths"]["stolen"]),
-                             "--config", str(cf), "--port", str(port)], env=server_env(redis_url, prefix),
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
-    from tests.conftest import ServerProc
-
-    sp = ServerProc(proc, port, log)
-    try:
-        wait_http(sp.url + "/healthz", proc=proc)
-    except Exception:
-        print(log.read_text()[-3000:])
-        sp.stop()
-        raise
+    prefix = "heist-deftest-" + secrets.token_hex(4)
+    sp = start_server(zoo["paths"]["stolen"], server_env(redis_url, prefix), root / "server.log", config_file=cf, timeout_s=90)
     v = Victim(sp, redis_url, prefix)
     yield v
     v.admin.close()
