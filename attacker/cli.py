@@ -72,9 +72,9 @@ def _cmd_steal(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from attacker.cache import QueryCache
     from attacker.queries import acquire, drop_similar, load_query_set, merged_stats
     from attacker.steal import StealConfig, train_stolen
+    from shared.cache import QueryCache
     from shared.checkpoint import save_checkpoint
 
     if args.threads:
@@ -136,8 +136,8 @@ def _cmd_steal(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from attacker.cache import QueryCache
     from attacker.measure import plot_accuracy, probe_api, probe_local, ratios, write_report
+    from shared.cache import QueryCache
     from shared.checkpoint import load_checkpoint
     from shared.data.synthetic import DataSpec
 

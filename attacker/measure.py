@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attacker.cache import QueryCache
 from attacker.queries import acquire
+from shared.cache import QueryCache
 from shared.data.synthetic import MAIN_TASK, TASKS, DataSpec, load_split
 from shared.probe import extract_features, linear_probe
 

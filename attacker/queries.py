@@ -1,9 +1,9 @@
 """Buying victim answers: query sets, the resumable cache, sybil accounts, query averaging.
 
 Everything here talks to the victim only through :class:`shared.client.ApiClient` (HTTP, like a
-customer). Answers are written to the :class:`attacker.cache.QueryCache` *inside* the client's
-per-request callback, i.e. durably on disk before the attack uses them; a rerun after a crash
-asks the cache first and buys only what is missing.
+customer) and buys through :mod:`shared.buy`: answers are written to the
+:class:`shared.cache.QueryCache` durably on disk before the attack uses them; a rerun after a
+crash asks the cache first and buys only what is missing.
 
 Adaptive variants:
 
@@ -26,8 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from attacker.cache import QueryCache, account_fingerprint, image_ids
-from shared.client import ApiClient, ClientStats
+from shared.buy import AccountUse, buy_account, merged_stats
+from shared.cache import QueryCache, image_ids
+
+__all__ = ["AccountUse", "Acquired", "QuerySet", "acquire", "acquire_sync", "apply_map", "drop_similar", "fit_linear_map",
+           "load_query_set", "merged_stats"]
 
 
 @dataclass
@@ -90,15 +93,6 @@ def drop_similar(images: np.ndarray, threshold: float = 0.98, size: int = 8) -> 
 
 
 @dataclass
-class AccountUse:
-    account: str  # fingerprint (never the key)
-    asked: int = 0
-    from_cache: int = 0
-    bought: int = 0
-    stats: dict = field(default_factory=dict)
-
-
-@dataclass
 class Acquired:
     answers: np.ndarray  # (N, D) in the first account's space
     from_cache: int
@@ -122,27 +116,6 @@ def fit_linear_map(src: np.ndarray, dst: np.ndarray, ridge: float = 1e-3) -> tup
 
 def apply_map(w: np.ndarray, src: np.ndarray) -> np.ndarray:
     return (np.hstack([src, np.ones((len(src), 1), src.dtype)]) @ w).astype(np.float32)
-
-
-async def _buy(client: ApiClient, cache: QueryCache, acct: str, images: np.ndarray, ids: list[str], output: str,
-               rep: int, batch_size: int, bar: tqdm | None) -> tuple[np.ndarray, int, int]:
-    """Answers for ``images`` from the cache, buying the missing ones (stored before use)."""
-    have = cache.get(acct, ids, output, rep)
-    missing = [i for i, k in enumerate(ids) if k not in have]
-    if bar is not None:
-        bar.update(len(ids) - len(missing))
-    if missing:
-        miss_ids = [ids[i] for i in missing]
-
-        def store(start: int, rows: np.ndarray) -> None:
-            cache.put(acct, miss_ids[start : start + len(rows)], rows, output, rep)  # durable before use
-            if bar is not None:
-                bar.update(len(rows))
-
-        bought = await client.embed(images[missing], output=output, batch_size=batch_size, on_batch=store)
-        for j, i in enumerate(missing):
-            have[ids[i]] = bought[j]
-    return np.stack([have[k] for k in ids]), len(ids) - len(missing), len(missing)
 
 
 async def acquire(url: str, keys: list[str], images: np.ndarray, cache: QueryCache, *, output: str = "representation",
@@ -169,22 +142,10 @@ async def acquire(url: str, keys: list[str], images: np.ndarray, cache: QueryCac
     bar = tqdm(total=total, desc="queries", unit="img", disable=not progress)
     try:
         for key, idx in zip(keys, plan, strict=True):
-            acct = account_fingerprint(url, key)
-            use = AccountUse(acct, asked=len(idx) * repeats)
-            client = ApiClient(url, key, concurrency=concurrency, max_retries=max_retries, max_wait_s=max_wait_s,
-                               pow_workers=pow_workers)
-            try:
-                reps = []
-                for r in range(repeats):
-                    ans, hit, bought = await _buy(client, cache, acct, images[idx], [ids[i] for i in idx], output, r,
-                                                  batch_size, bar)
-                    reps.append(ans)
-                    use.from_cache += hit
-                    use.bought += bought
-                per_acct.append(np.mean(reps, axis=0) if repeats > 1 else reps[0])
-            finally:
-                use.stats = client.stats.as_dict()
-                await client.aclose()
+            reps, use = await buy_account(url, key, images[idx], cache, ids=[ids[i] for i in idx], output=output,
+                                          repeats=repeats, concurrency=concurrency, batch_size=batch_size,
+                                          pow_workers=pow_workers, max_retries=max_retries, max_wait_s=max_wait_s, bar=bar)
+            per_acct.append(np.mean(reps, axis=0) if repeats > 1 else reps[0])
             uses.append(use)
     finally:
         bar.close()
@@ -200,8 +161,3 @@ async def acquire(url: str, keys: list[str], images: np.ndarray, cache: QueryCac
 
 def acquire_sync(*args, **kw) -> Acquired:
     return asyncio.run(acquire(*args, **kw))
-
-
-def merged_stats(accounts: list[AccountUse]) -> dict:
-    keys = ClientStats().as_dict().keys()
-    return {k: round(sum(a.stats.get(k, 0) for a in accounts), 3) for k in keys}

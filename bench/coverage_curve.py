@@ -22,9 +22,9 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import RESULTS, table, write_json  # noqa: E402
 from server.defences.b4b import CoverageTracker, sigma_of_coverage, simhash_planes  # noqa: E402
-from server.defences.profile import attacker_streams, encode, legit_streams  # noqa: E402
 from shared.checkpoint import load_checkpoint  # noqa: E402
 from shared.data.synthetic import DataSpec, load_split  # noqa: E402
+from testbed.profile import attacker_streams, encode, legit_streams  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import RawHttpConnection, table, wait_ready, write_json  # noqa: E402
-from server.defences.profile import legit_streams  # noqa: E402
 from shared.data.synthetic import DataSpec, load_split  # noqa: E402
 from shared.images import encode_image  # noqa: E402
+from testbed.profile import legit_streams  # noqa: E402
 from testbed.services import server_env, start_server  # noqa: E402
 
 

@@ -24,10 +24,10 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import table, write_json  # noqa: E402
 from server.defences.index import VectorIndex  # noqa: E402
-from server.defences.profile import encode  # noqa: E402
 from shared.augment import AugmentSpec, simclr_view  # noqa: E402
 from shared.checkpoint import load_checkpoint  # noqa: E402
 from shared.data.synthetic import DataSpec, load_split  # noqa: E402
+from testbed.profile import encode  # noqa: E402
 
 
 def nearest(history: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:

@@ -4,13 +4,13 @@ ratio the calibrated difficulty puts on recorded workloads.
     .venv/bin/python bench/pow_cost.py            # bits 8..22, 5 held-out legit users, 2 attackers (~3 min)
     .venv/bin/python bench/pow_cost.py --quick    # bits 8..16, 2 legit users, 1 attacker
 
-Cost ratio: the workloads are recorded with the real victim (server/defences/profile.py), request by
+Cost ratio: the workloads are recorded with the real victim (testbed/profile.py), request by
 request, with HELD-OUT legitimate users (another seed: other classes and images than the ones the
 profile was learned from) and attackers (diverse ``attack`` split). For every request the calibrated
 difficulty is computed from the account's state before it (exactly what the pow gate does), its
 expected solve time is 2**bits / (hash rate measured here), and the base time is the measured
 in-process time to embed one request. Ratio = (base + solve) / base over the whole workload.
-Needs results/legit_profile.json (heist-server defences record-profile). Writes results/pow_cost.json.
+Needs results/legit_profile.json (python -m testbed.profile). Writes results/pow_cost.json.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ sys.path.insert(0, str(REPO))
 
 from bench._common import table, write_json  # noqa: E402
 from server.defences.pow import PowGate, calibrated_bits  # noqa: E402
-from server.defences.profile import LegitProfile, encode, record_profile  # noqa: E402
+from server.defences.profile import LegitProfile  # noqa: E402
 from shared import pow as hashcash  # noqa: E402
 from shared.checkpoint import load_checkpoint  # noqa: E402
 from shared.data.synthetic import DataSpec, load_split  # noqa: E402
+from testbed.profile import encode, record_profile  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(REPO / "runs" / "victim"))
     p.add_argument("--profile", default=str(RESULTS / "legit_profile.json"),
-                   help="legitimate profile recorded from this victim (heist-server defences record-profile)")
+                   help="legitimate profile recorded from this victim (python -m testbed.profile)")
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--no-adaptive", action="store_true")
     p.add_argument("--queries", type=int, default=4000)

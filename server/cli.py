@@ -173,26 +173,6 @@ def _cmd_accounts(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
-def _cmd_record_profile(args: argparse.Namespace) -> int:
-    from server.defences.profile import record_profile
-
-    prof, traces = record_profile(args.checkpoint, users=args.users, images=args.images, classes=args.classes,
-                                  batch=args.batch, hyperplanes=args.hyperplanes, hash_sets=args.hash_sets,
-                                  space=args.space, metric=args.metric, tau=args.tau, center=not args.no_center,
-                                  attackers=args.attackers, attacker_images=args.attacker_images, seed=args.seed)
-    prof.save(args.out)
-    if args.traces:
-        from server.defences.profile import dump, traces_to_json
-        dump(args.traces, {"profile": str(args.out), "traces": traces_to_json(traces)})
-    print(f"legitimate profile from {args.users} users x {args.images} images ({args.classes} shape classes each) -> {args.out}")
-    print(f"  coverage after {prof.images[-1]} images <= {prof.coverage[-1]:.4f}; similar-query rate <= {prof.similar_rate:.4f}; "
-          f"volume <= {prof.volume}")
-    for t in traces:
-        print(f"  {t.kind:6s} {t.user:10s} images {t.images[-1]:6d} coverage {t.coverage[-1]:.4f} "
-              f"similar hits {t.similar_hits[-1]}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="heist-server", description="Encoder Heist provider: data, victim training, checkpoint reports, "
                                 "the victim API and its accounts.")
@@ -243,27 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--obfuscation-pad", type=int, help="pad_shuffle: extra dimensions (default 16)")
     s.set_defaults(func=_cmd_serve)
 
-    dp = sub.add_parser("defences", help="defence tools (record the legitimate profile for calibrated PoW)")
-    dsub = dp.add_subparsers(dest="action", required=True)
-    rp = dsub.add_parser("record-profile", help="record a legitimate workload (narrow tasks of the test split) and save "
-                         "the profile the pow defence is calibrated on")
-    rp.add_argument("--checkpoint", default="runs/victim")
-    rp.add_argument("--out", default="results/legit_profile.json")
-    rp.add_argument("--traces", help="also write every simulated account's trajectory (JSON)")
-    rp.add_argument("--users", type=int, default=5)
-    rp.add_argument("--images", type=int, default=1200, help="images per legitimate user")
-    rp.add_argument("--classes", type=int, default=3, help="shape classes per legitimate user")
-    rp.add_argument("--batch", type=int, default=32, help="images per request")
-    rp.add_argument("--attackers", type=int, default=1, help="attacker traces recorded alongside (not used by the profile)")
-    rp.add_argument("--attacker-images", type=int, default=4000)
-    rp.add_argument("--hyperplanes", type=int, default=12)
-    rp.add_argument("--hash-sets", type=int, default=20)
-    rp.add_argument("--no-center", action="store_true", help="hash raw representations (default: subtract the public-split mean)")
-    rp.add_argument("--space", choices=["projection", "representation"], default="projection")
-    rp.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
-    rp.add_argument("--tau", type=float, default=0.93)
-    rp.add_argument("--seed", type=int, default=0)
-    rp.set_defaults(func=_cmd_record_profile)
 
     a = sub.add_parser("accounts", help="manage API accounts in the store named by REDIS_URL")
     a.add_argument("--config", help="server config file (for the tier names)")

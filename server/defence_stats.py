@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from server.accounts import Account
+from server.defences.keys import Counters, Gauges
 from server.store import AccountStore
 
 
@@ -39,9 +40,10 @@ async def defence_stats(store: AccountStore, acct: Account) -> DefenceStats:
     c = usage.counters
     return DefenceStats(
         account=acct.id, name=acct.name, tier=acct.tier, requests=usage.requests, images=usage.images,
-        coverage=stats.get("b4b_coverage", 0.0), coverage_bits=int(stats.get("coverage_bits", 0)), sigma=stats.get("b4b_sigma", 0.0),
-        history=int(stats.get("history_len", 0)), similar_hits=c.get("similar_hits", 0), sybil_hits=c.get("sybil_hits", 0),
+        coverage=stats.get(Gauges.B4B_COVERAGE, 0.0), coverage_bits=int(stats.get(Gauges.COVERAGE_BITS, 0)),
+        sigma=stats.get(Gauges.B4B_SIGMA, 0.0), history=int(stats.get(Gauges.HISTORY_LEN, 0)),
+        similar_hits=c.get(Counters.SIMILAR_HITS, 0), sybil_hits=c.get(Counters.SYBIL_HITS, 0),
         sybil_peers={next(x for x in p.split("|") if x != acct.id): n for p, n in pairs},
-        pow_bits=int(stats.get("pow_bits", 0)), pow_deviation=stats.get("pow_deviation", 0.0),
-        pow_challenges=c.get("pow_challenges", 0), pow_bits_asked=c.get("pow_bits_asked", 0),
-        pow_solved=c.get("pow_solved", 0), pow_bits_paid=c.get("pow_bits_paid", 0))
+        pow_bits=int(stats.get(Gauges.POW_BITS, 0)), pow_deviation=stats.get(Gauges.POW_DEVIATION, 0.0),
+        pow_challenges=c.get(Counters.POW_CHALLENGES, 0), pow_bits_asked=c.get(Counters.POW_BITS_ASKED, 0),
+        pow_solved=c.get(Counters.POW_SOLVED, 0), pow_bits_paid=c.get(Counters.POW_BITS_PAID, 0))

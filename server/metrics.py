@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from server.defences.keys import Counters, Gauges
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -23,12 +25,12 @@ class Metrics:
                                        ["defence", "action"], registry=r)
         self.pow_bits_paid = Counter("heist_pow_bits_paid", "sum of PoW difficulty bits paid", registry=r)
         self.hists = {
-            "b4b_coverage": Histogram("heist_b4b_coverage", "B4B coverage of the requesting account", registry=r,
-                                      buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)),
-            "b4b_sigma": Histogram("heist_b4b_sigma", "B4B noise sigma given", registry=r,
-                                   buckets=(1e-6, 1e-4, 1e-3, 0.01, 0.1, 0.5, 1, 2, 5, 10)),
-            "pow_bits_asked": Histogram("heist_pow_bits_asked", "PoW difficulty asked in challenges", registry=r,
-                                        buckets=(8, 12, 16, 18, 20, 22, 24, 26, 28, 32, 40)),
+            Gauges.B4B_COVERAGE: Histogram("heist_b4b_coverage", "B4B coverage of the requesting account", registry=r,
+                                           buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)),
+            Gauges.B4B_SIGMA: Histogram("heist_b4b_sigma", "B4B noise sigma given", registry=r,
+                                        buckets=(1e-6, 1e-4, 1e-3, 0.01, 0.1, 0.5, 1, 2, 5, 10)),
+            Counters.POW_BITS_ASKED: Histogram("heist_pow_bits_asked", "PoW difficulty asked in challenges", registry=r,
+                                               buckets=(8, 12, 16, 18, 20, 22, 24, 26, 28, 32, 40)),
         }
         self.store_errors = Counter("heist_store_unavailable", "requests refused because the store was unreachable", registry=r)
 

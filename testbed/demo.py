@@ -7,7 +7,7 @@
    README for the command that made it); else, or with ``--train-victim``, train it
    (``heist-server train --preset P``);
 2. data: the victim's procedural heist-shapes dataset (cached under data/);
-3. legitimate profile of that victim (``heist-server defences record-profile``; cached in the victim folder);
+3. legitimate profile of that victim (``python -m testbed.profile``; cached in the victim folder);
 4. the victim API (``heist-server serve``) on loopback: embedded store, or Redis when ``REDIS_URL`` is set;
    one tier per policy: ``none`` (baseline) and the chosen one;
 5. a legitimate customer on each tier runs its narrow task (3 shape classes, linear probe);
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from attacker.cache import QueryCache
     from attacker.measure import probe_local
+    from shared.cache import QueryCache
     from shared.checkpoint import load_checkpoint
     from shared.data.synthetic import DataSpec, make_all
     from testbed.legit import LegitTask, legit_user
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     step(3, total, "legitimate profile of this victim")
     profile = a.victim / "legit_profile.json"
     if not profile.is_file():
-        run(["server.cli", "defences", "record-profile", "--checkpoint", str(a.victim), "--out", str(profile)])
+        run(["testbed.profile", "--checkpoint", str(a.victim), "--out", str(profile)])
     else:
         console.print(f"reusing {profile}")
     policies = ["none"] if a.policy == "none" else ["none", a.policy]

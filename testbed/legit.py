@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from attacker.cache import QueryCache
-from attacker.queries import acquire, merged_stats
-from server.defences.profile import legit_streams
+from shared.buy import buy, merged_stats
+from shared.cache import QueryCache
 from shared.data.synthetic import MAIN_TASK, DataSpec, load_split
 from shared.probe import linear_probe
+from testbed.profile import legit_streams
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,12 @@ def legit_user(url: str, key: str, cache: QueryCache, task: LegitTask | None = N
     task = task or LegitTask()
     images, labels = task_images(task, spec)
     t0 = time.perf_counter()
-    got = asyncio.run(acquire(url, [key], images, cache, progress=progress, pow_workers=pow_workers))
+    got = asyncio.run(buy(url, key, images, cache, progress=progress, pow_workers=pow_workers))
     secs = time.perf_counter() - t0
     n_train = (2 * len(images)) // 3
     x = np.asarray(got.answers, np.float64)
     acc = linear_probe(x[:n_train], labels[:n_train], x[n_train:], labels[n_train:]).top1
-    stats = merged_stats(got.accounts)
-    return {"accuracy": round(float(acc), 4), "queries": len(images), "bought": got.bought, "from_cache": got.from_cache,
+    stats = merged_stats([got.use])
+    return {"accuracy": round(float(acc), 4), "queries": len(images), "bought": got.use.bought, "from_cache": got.use.from_cache,
             "seconds": round(secs, 1), "pow_challenges": stats["pow_challenges"], "pow_hashes": stats["pow_hashes"],
             "pow_seconds": stats["pow_seconds"], "classes": sorted(int(c) for c in np.unique(labels)), "task": asdict(task)}

@@ -3,7 +3,7 @@
 Each policy is a list of ``{name, params}`` defence specs, validated by the server's own config
 model (``server.config.TierConfig``) before any process starts. The calibrated parts (B4B's LSH
 centre, PoW's legitimate envelope) read the legitimate profile recorded from the victim with
-``heist-server defences record-profile`` (default ``results/legit_profile.json``).
+``python -m testbed.profile`` (default ``results/legit_profile.json``).
 
 - ``none``: undefended.
 - ``noise``: keyed Gaussian output noise (StolenEncoder-style perturbation), sigma relative to the

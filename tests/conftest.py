@@ -225,11 +225,11 @@ def compose_env(value: str, env: dict[str, str]) -> str:
 def trained_victim(data_root, tmp_path_factory) -> Path:
     """A tiny victim really trained (1 epoch, width 4, 5% data) with its watermark, data spec,
     metrics and legitimate profile: what the demo, the compose scenario and the defender need."""
-    from server.defences.profile import record_profile
     from shared.data.synthetic import DataSpec
     from shared.train import get_preset
     from shared.train.evaluate import full_report
     from shared.train.simclr import finalize, train
+    from testbed.profile import record_profile
 
     spec = DataSpec().scaled(0.05)
     out = tmp_path_factory.mktemp("trained") / "victim"

@@ -117,8 +117,9 @@ def test_pow_calibration_zero_inside_profile_and_grows_outside():
     assert prof.expected_coverage(550) == pytest.approx(0.125) and prof.expected_coverage(5000) == pytest.approx(0.2)
     assert calibrated_bits(prof, 500, 0.1, 10)[0] == 0  # within the profile: free
     assert calibrated_bits(prof, 0, 0.0, 0) == (0, 0.0)
-    b1, d1 = calibrated_bits(prof, 2000, 0.30, 10, coverage_slack=0)
-    b2, d2 = calibrated_bits(prof, 4000, 0.45, 10, coverage_slack=0)
+    knobs = {"coverage_slack": 0, "slope": 0.5, "min_bits": 16, "max_bits": 26}
+    b1, d1 = calibrated_bits(prof, 2000, 0.30, 10, **knobs)
+    b2, d2 = calibrated_bits(prof, 4000, 0.45, 10, **knobs)
     assert 16 <= b1 < b2 <= 26 and d2 > d1 > 0
     assert d1 == pytest.approx(10 + 1.0)  # 10 points of coverage + 1 doubling of volume
     assert calibrated_bits(prof, 500, 0.1, 300)[1] == pytest.approx(50)  # 60 % similar vs 10 %

@@ -55,7 +55,7 @@ def tiny_victim(trained_victim) -> Path:
 
 @pytest.mark.slow
 def test_legit_customer_over_http_under_every_policy(tiny_victim, tmp_path):
-    from attacker.cache import QueryCache
+    from shared.cache import QueryCache
     from testbed.legit import LegitTask, legit_user
     from testbed.policies import representation_scale
     from testbed.services import serve

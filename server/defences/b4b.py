@@ -25,6 +25,7 @@ from pydantic import Field
 
 from server.defences.base import Defence, DefenceParams
 from server.defences.keyed import keyed_normal
+from server.defences.keys import Gauges
 from shared.transforms import OutputTransform, keyed_rng, make_transform
 
 
@@ -148,9 +149,9 @@ class B4B(Defence):
         c = coverage_of_bits(bits, p.hyperplanes, p.hash_sets)
         sigma = float(sigma_of_coverage(c, p.alpha, p.beta, p.lam)) if p.noise else 0.0
         request.record.coverage_bits.extend(int(o) for o in offsets)
-        request.record.gauges.update({"b4b_coverage": round(c, 6), "b4b_sigma": sigma})
-        self.ctx.observe("b4b_coverage", c)
-        self.ctx.observe("b4b_sigma", sigma)
+        request.record.gauges.update({Gauges.B4B_COVERAGE: round(c, 6), Gauges.B4B_SIGMA: sigma})
+        self.ctx.observe(Gauges.B4B_COVERAGE, c)
+        self.ctx.observe(Gauges.B4B_SIGMA, sigma)
         if sigma > 0 and sigma >= p.min_sigma:
             y = y + keyed_normal(self.ctx.secret, self.name, account.id, request.digests(images), y.shape[1], 0.0, sigma)
         if p.transform != "none":

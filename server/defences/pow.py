@@ -18,19 +18,39 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from server.defences.base import Defence, DefenceParams, Rejection
+from server.defences.keys import Counters, Gauges
 from server.defences.profile import LegitProfile
 from shared import pow as hashcash
 
 
-def calibrated_bits(profile: LegitProfile, images: int, coverage: float, similar_hits: int, *, w_coverage: float = 1.0,
-                    w_similar: float = 1.0, w_volume: float = 1.0, coverage_slack: float = 0.0, slope: float = 0.5,
-                    min_bits: int = 16, max_bits: int = 26) -> tuple[int, float]:
+@dataclass(frozen=True)
+class Calibration:
+    """Defaults of the calibrated difficulty, for the ``pow`` defence's params and :func:`calibrated_bits`."""
+
+    w_coverage: float = 1.0
+    w_similar: float = 1.0
+    w_volume: float = 1.0
+    coverage_slack: float = 2.0  # percentage points of coverage tolerated above the profile
+    slope: float = 1.0  # bits per unit of deviation
+    min_bits: int = 20
+    max_bits: int = 28
+
+
+DEFAULTS = Calibration()
+
+
+def calibrated_bits(profile: LegitProfile, images: int, coverage: float, similar_hits: int, *,
+                    w_coverage: float = DEFAULTS.w_coverage, w_similar: float = DEFAULTS.w_similar,
+                    w_volume: float = DEFAULTS.w_volume, coverage_slack: float = DEFAULTS.coverage_slack,
+                    slope: float = DEFAULTS.slope, min_bits: int = DEFAULTS.min_bits,
+                    max_bits: int = DEFAULTS.max_bits) -> tuple[int, float]:
     """(bits, deviation) for an account with this behaviour; 0 bits within the legitimate profile."""
     if images <= 0:
         return 0, 0.0
@@ -47,15 +67,16 @@ class PowGate(Defence):
     name = "pow"
 
     class Params(DefenceParams):
-        profile: Path | None = Field(default=None, description="legitimate profile JSON (heist-server defences record-profile)")
+        profile: Path | None = Field(default=None, description="legitimate profile JSON (python -m testbed.profile)")
         fixed_bits: int | None = Field(default=None, ge=1, le=hashcash.MAX_BITS, description="same difficulty for everyone")
-        min_bits: int = Field(default=20, ge=1, le=hashcash.MAX_BITS)
-        max_bits: int = Field(default=28, ge=1, le=hashcash.MAX_BITS)
-        slope: float = Field(default=1.0, gt=0, description="bits per unit of deviation")
-        w_coverage: float = Field(default=1.0, ge=0)
-        w_similar: float = Field(default=1.0, ge=0)
-        w_volume: float = Field(default=1.0, ge=0)
-        coverage_slack: float = Field(default=2.0, ge=0, description="percentage points of coverage tolerated above the profile")
+        min_bits: int = Field(default=DEFAULTS.min_bits, ge=1, le=hashcash.MAX_BITS)
+        max_bits: int = Field(default=DEFAULTS.max_bits, ge=1, le=hashcash.MAX_BITS)
+        slope: float = Field(default=DEFAULTS.slope, gt=0, description="bits per unit of deviation")
+        w_coverage: float = Field(default=DEFAULTS.w_coverage, ge=0)
+        w_similar: float = Field(default=DEFAULTS.w_similar, ge=0)
+        w_volume: float = Field(default=DEFAULTS.w_volume, ge=0)
+        coverage_slack: float = Field(default=DEFAULTS.coverage_slack, ge=0,
+                                      description="percentage points of coverage tolerated above the profile")
         ttl_s: float = Field(default=120.0, ge=5, le=3600)
 
         @model_validator(mode="after")
@@ -101,13 +122,13 @@ class PowGate(Defence):
             return p.fixed_bits, 0.0
         usage = await self.ctx.store.usage(account_id)
         stats = await self.ctx.store.defence_stats(account_id)
-        return calibrated_bits(self.profile, usage.images, stats.get("b4b_coverage", 0.0), usage.counters.get("similar_hits", 0),
+        return calibrated_bits(self.profile, usage.images, stats.get(Gauges.B4B_COVERAGE, 0.0), usage.counters.get(Counters.SIMILAR_HITS, 0),
                                w_coverage=p.w_coverage, w_similar=p.w_similar, w_volume=p.w_volume,
                                coverage_slack=p.coverage_slack, slope=p.slope, min_bits=p.min_bits, max_bits=p.max_bits)
 
     async def gate(self, account, request) -> Rejection | None:
         bits, dev = await self.difficulty(account.id)
-        request.record.gauges.update({"pow_bits": bits, "pow_deviation": round(dev, 4)})
+        request.record.gauges.update({Gauges.POW_BITS: bits, Gauges.POW_DEVIATION: round(dev, 4)})
         if bits == 0:
             self.ctx.count(self.name, "free")
             return None
@@ -121,8 +142,8 @@ class PowGate(Defence):
         if not await self.ctx.store.spend_token(stamp.token_id, stamp.expires_at - time.time() + 1):
             return await self._challenge(account.id, request, bits, "invalid proof of work (replayed): this solution was already spent",
                                          "replayed")
-        request.record.count("pow_bits_paid", stamp.bits)
-        request.record.count("pow_solved")
+        request.record.count(Counters.POW_BITS_PAID, stamp.bits)
+        request.record.count(Counters.POW_SOLVED)
         self.ctx.count(self.name, "paid")
         if self.ctx.metrics is not None:
             self.ctx.metrics.pow_bits_paid.inc(stamp.bits)
@@ -130,8 +151,8 @@ class PowGate(Defence):
 
     async def _challenge(self, account_id: str, request, bits: int, message: str, reason: str = "missing") -> Rejection:
         ch = hashcash.make_challenge(self.ctx.secret, account_id, request.body, bits, ttl_s=self.params.ttl_s)
-        await self.ctx.store.add_counters(account_id, {"pow_challenges": 1, "pow_bits_asked": bits})
+        await self.ctx.store.add_counters(account_id, {Counters.POW_CHALLENGES: 1, Counters.POW_BITS_ASKED: bits})
         self.ctx.count(self.name, f"challenge_{reason}")
-        self.ctx.observe("pow_bits_asked", bits)
+        self.ctx.observe(Counters.POW_BITS_ASKED, bits)
         return Rejection(428, "pow_required", f"{message}; solve the challenge and resend the same body with "
                          f"{hashcash.HEADER}: <token>:<nonce>", param=hashcash.HEADER, extra={"challenge": ch.as_dict()})

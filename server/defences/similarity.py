@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from server.defences.base import Defence, DefenceParams, DefenceRefusal, Rejection
 from server.defences.index import Metric, VectorIndex, is_hit, pairwise_scores
 from server.defences.keyed import keyed_normal
+from server.defences.keys import Counters
 from server.store.base import AccountStore, HistoryAppend
 
 
@@ -135,8 +136,8 @@ class SimilarQuery(Defence):
         if p.global_index:
             sybil = await self._sybils(account.id, z, request)
         punish = hits | (sybil if p.sybil_action != "flag" else False)
-        request.record.count("similar_hits", int(hits.sum()))
-        request.record.count("sybil_hits", int(sybil.sum()))
+        request.record.count(Counters.SIMILAR_HITS, int(hits.sum()))
+        request.record.count(Counters.SYBIL_HITS, int(sybil.sum()))
         request.record.history = HistoryAppend(z, p.history, p.global_history if p.global_index else 0)
         self.ctx.count(self.name, "hit", int(hits.sum()))
         self.ctx.count(self.name, "miss", int(n - hits.sum()))

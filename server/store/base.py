@@ -19,6 +19,9 @@ from server.accounts import Account
 from server.config import RateLimit
 from shared.schemas import AccountUsage
 
+HISTORY_LEN = "history_len"  # defence_stats(): entries in the account's history stream
+COVERAGE_BITS = "coverage_bits"  # defence_stats(): bits set in the account's coverage bitmap
+
 
 class StoreUnavailable(RuntimeError):
     """The backend cannot be reached; the API answers 503 (fail closed)."""
@@ -150,7 +153,7 @@ class AccountStore(ABC):
 
     @abstractmethod
     async def defence_stats(self, account_id: str) -> dict[str, float]:
-        """Gauges the defences wrote (coverage, sigma, ...) plus ``history_len`` and ``coverage_bits``."""
+        """Gauges the defences wrote (coverage, sigma, ...) plus :data:`HISTORY_LEN` and :data:`COVERAGE_BITS`."""
 
     @abstractmethod
     async def sybil_pairs(self, limit: int = 20) -> list[tuple[str, int]]:

@@ -10,6 +10,8 @@ from collections import defaultdict, deque
 from server.accounts import Account
 from server.config import RateLimit
 from server.store.base import (
+    COVERAGE_BITS,
+    HISTORY_LEN,
     AccountExists,
     AccountStore,
     CommitResult,
@@ -166,8 +168,8 @@ class MemoryStore(AccountStore):
     async def defence_stats(self, account_id: str) -> dict[str, float]:
         with self._lock:
             stats = dict(self._gauges.get(account_id, {}))
-            stats["history_len"] = float(len(self._history.get(account_id, ())))
-            stats["coverage_bits"] = float(int.from_bytes(self._bitmaps.get(account_id, b""), "big").bit_count())
+            stats[HISTORY_LEN] = float(len(self._history.get(account_id, ())))
+            stats[COVERAGE_BITS] = float(int.from_bytes(self._bitmaps.get(account_id, b""), "big").bit_count())
             return stats
 
     async def sybil_pairs(self, limit: int = 20) -> list[tuple[str, int]]:

@@ -36,7 +36,16 @@ from redis.exceptions import RedisError
 
 from server.accounts import Account
 from server.config import RateLimit
-from server.store.base import AccountExists, AccountStore, CommitResult, HistoryEntry, RequestRecord, StoreUnavailable
+from server.store.base import (
+    COVERAGE_BITS,
+    HISTORY_LEN,
+    AccountExists,
+    AccountStore,
+    CommitResult,
+    HistoryEntry,
+    RequestRecord,
+    StoreUnavailable,
+)
 from shared.schemas import AccountUsage
 
 _CREATE = """
@@ -236,8 +245,8 @@ class RedisStore(AccountStore):
             pipe.bitcount(f"{key}:cov")
             gauges, hlen, bits = await pipe.execute()
         stats = {k: float(v) for k, v in gauges.items()}
-        stats["history_len"] = float(hlen)
-        stats["coverage_bits"] = float(bits)
+        stats[HISTORY_LEN] = float(hlen)
+        stats[COVERAGE_BITS] = float(bits)
         return stats
 
     @_unavailable
