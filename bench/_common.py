@@ -11,21 +11,10 @@ from pathlib import Path
 
 import torch
 
-from shared.cpu import onednn_isa
+from shared.cpu import cpu_model, onednn_isa
 from testbed.services import free_port, wait_ready  # noqa: F401  (re-exported for the benches)
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-
-
-def cpu_model() -> str:
-    """``model name`` from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:

@@ -41,16 +41,26 @@ class OneDnnIsa:
         return self.family == "avx2"
 
 
-def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
-    """The ``flags`` of the first processor in ``/proc/cpuinfo`` (empty where there is none)."""
+def _cpuinfo_field(names: tuple[str, ...], cpuinfo: str | None = None) -> str | None:
+    """The first processor's value of the first of ``names`` in ``/proc/cpuinfo`` (None where absent)."""
     if cpuinfo is None:
         path = Path("/proc/cpuinfo")
         cpuinfo = path.read_text() if path.is_file() else ""
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        if key.strip() in names:
+            return value.strip()
+    return None
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The ``flags`` of the first processor in ``/proc/cpuinfo`` (empty where there is none)."""
+    return frozenset((_cpuinfo_field(("flags", "Features"), cpuinfo) or "").split())
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's ``model name`` from ``/proc/cpuinfo``, else what :mod:`platform` knows."""
+    return _cpuinfo_field(("model name",), cpuinfo) or platform.processor() or platform.machine()
 
 
 def onednn_isa(machine: str | None = None, flags: frozenset[str] | None = None, env: dict[str, str] | None = None) -> OneDnnIsa:

@@ -137,18 +137,16 @@ def server_env(redis_url: str | None, prefix: str, **extra: str) -> dict[str, st
     return services.server_env(SERVER_ADMIN_TOKEN, "test-secret-" + prefix, redis_url=redis_url, prefix=prefix, **extra)
 
 
-ServerProc = services.ServerProcess
-
 
 @pytest.fixture(scope="session")
 def server_factory(tmp_path_factory, tiny_checkpoint):
     """Start ``heist-server serve`` subprocesses (the real CLI, real uvicorn) on free loopback ports."""
-    procs: list[ServerProc] = []
+    procs: list[services.ServerProcess] = []
     root = tmp_path_factory.mktemp("servers")
     cfg_file = root / "server.json"
     cfg_file.write_text(json.dumps(SERVER_TEST_CONFIG))
 
-    def start(redis_url: str | None, prefix: str, config: dict | None = None, wait: bool = True, **env: str) -> ServerProc:
+    def start(redis_url: str | None, prefix: str, config: dict | None = None, wait: bool = True, **env: str) -> services.ServerProcess:
         port = free_port()
         cf = cfg_file
         if config is not None:
@@ -176,7 +174,7 @@ def cleanup_prefix(url: str, prefix: str) -> None:
 class Victim:
     """A running server plus helpers: admin client, key creation."""
 
-    def __init__(self, server: ServerProc, redis_url: str | None, prefix: str) -> None:
+    def __init__(self, server: services.ServerProcess, redis_url: str | None, prefix: str) -> None:
         import httpx
 
         self.server, self.url, self.redis_url, self.prefix = server, server.url, redis_url, prefix

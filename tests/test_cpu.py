@@ -14,6 +14,7 @@ from shared.cpu import (
     ENV_WORKAROUND,
     OneDnnIsa,
     cpu_flags,
+    cpu_model,
     decide_workaround,
     onednn_isa,
     set_strided_pointwise_workaround,
@@ -50,6 +51,7 @@ def test_cpu_flags_parse_x86_and_arm():
     assert cpu_flags("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nflags\t: sse\n") == {"fpu", "avx2", "avx512f"}
     assert cpu_flags("processor\t: 0\nFeatures\t: fp asimd sve\n") == {"fp", "asimd", "sve"}
     assert cpu_flags("") == frozenset()
+    assert cpu_model("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t: fpu\n") == "AMD EPYC"
 
 
 def test_decide_workaround_only_on_the_avx2_family_unless_forced():
