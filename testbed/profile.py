@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _record(args)
     except (ValidationError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"heist-server defences: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
 
 
