@@ -22,13 +22,12 @@ class VerifyConfig(BaseModel):
     wm_n: int = Field(default=500, ge=10, description="private images for the watermark (each rotated to every angle)")
     wm_margin: float = Field(default=0.05, ge=0, lt=0.5, description=(
         "a watermark says stolen only at accuracy >= 0.5 + margin (and p < alpha): the victim's predictor read on an "
-        "unrelated, obfuscated space strays from 50% by more than sampling noise (up to 4.9 points in results/zoo_di.md)"))
+        "unrelated, obfuscated space can stray from 50% by more than sampling noise"))
     wm_raw_min_cosine: float = Field(default=0.5, ge=-1, le=1, description=(
         "the raw watermark decides only when the suspect answers in the victim's coordinates: the mean cosine of "
-        "row-standardised answers to the public queries must reach this (copies read 0.87-0.95; independent or "
-        "obfuscated spaces |cos| < 0.04 in results/zoo_di12*.json). Elsewhere the victim's predictor reads a foreign "
-        "space, whose accuracy can stray far from 50% either way (67.1% on an affine-obfuscated independent in "
-        "results/zoo_di12b.md): the row is reported as n/a, and watermark_aligned decides"))
+        "row-standardised answers to the public queries must reach this. Elsewhere the victim's predictor reads a "
+        "foreign space, whose accuracy can stray far from 50% either way: the row is reported as n/a, and "
+        "watermark_aligned decides"))
     align_n: int = Field(default=1000, ge=10, description="public images for the alignment map and similarity")
     align_ridge: float = Field(default=1e-3, ge=0)
     di_fit: int = Field(default=1000, ge=10, description="private part A: GMM fit")
@@ -47,8 +46,7 @@ class VerifyConfig(BaseModel):
     di_margin: float = Field(default=0.1, ge=0, lt=1, description=(
         "smallest share of the victim's own membership effect (its Cohen's d on the same rows, measured locally) "
         "that counts as inherited: DI tests H0 'the suspect's effect is at most di_margin x the victim's' instead of "
-        "'no effect' (0: the paper's test). Never less conservative than the zero-effect test; 0.1 is the setting "
-        "the zoo registered and checked (README, results/zoo_di12*.md)"))
+        "'no effect' (0: the paper's test). Never less conservative than the zero-effect test"))
     mi_dims: int = Field(default=16, ge=1, description="whitened dimensions for the MI estimator")
     seed: int = Field(default=0, description=(
         "seed of the private parts, the alignment map, the GMM fits and the random-init baseline of similarity"))

@@ -47,9 +47,8 @@ class ServingForward(torch.nn.Module):
 
     Frozen by :func:`serving_module`, the uint8 -> float conversion, the encoder and the head run in
     one C++ call: the inference thread takes the GIL back once per batch instead of once per tensor
-    op. Each retake waits up to the switch interval while the event loop holds the GIL: next to a
-    GIL-busy thread at 0.2 ms, batch-32 forwards kept 81 % of their speed per op and 94 % fused
-    (bench/gil_contention.py).
+    op. Each retake waits up to the switch interval while the event loop holds the GIL
+    (bench/gil_contention.py measures both forms next to a GIL-busy thread).
     ``permute`` keeps the NHWC buffer as a channels-last view, the layout oneDNN convolves fastest.
     """
 

@@ -96,8 +96,8 @@ class ServerConfig(BaseModel):
     gc_freeze: bool = Field(default=True, description=(
         "after startup, move every object alive (torch, FastAPI, the model) to the collector's permanent "
         "generation (gc.freeze): full collections then scan only what requests create. Without it a full "
-        "collection paused the event loop long enough to triple the p99 latency at concurrency 32 "
-        "(bench/api_throughput.py)."))
+        "collection pauses the event loop while it scans them, which shows in the tail latency "
+        "(bench/api_throughput.py --no-gc-freeze)."))
     switch_interval_ms: float | None = Field(default=0.2, gt=0, le=100, description=(
         "Python's GIL switch interval for the server process (sys.setswitchinterval; Python's default is 5 ms). "
         "The inference thread needs the GIL back after every forward pass; while the event loop runs Python it "

@@ -54,7 +54,7 @@ def policy_defences(name: str, profile_path: Path, scale: float, noise_sigma: fl
                                      "transform": "affine",
                                      "center_from": str(Path(profile_path).resolve())}}
     b4b_silent = {"name": "b4b", "params": {**b4b["params"], "noise": False, "transform": "none"}}
-    # bits scaled to this testbed's Python solver (0.3 MH/s): 12..18 bits = 4k..262k hashes per request
+    # bits scaled to a pure-Python hashlib solver: 12..18 bits = 4k..262k hashes per request
     pow_ = {"name": "pow", "params": {"profile": str(Path(profile_path).resolve()), "min_bits": pow_bits[0],
                                       "max_bits": pow_bits[1], "w_similar": 0.0}}
     table = {"none": [], "noise": [noise], "similar": [similar], "b4b": [b4b], "pow": [b4b_silent, pow_],

@@ -1,7 +1,7 @@
 """Tests for shared/data/real.py on tiny fixture files written in the real on-disk formats.
 
 Each fixture holds a handful of images with a known pixel pattern; they are loaded
-with ``load_real`` and compared with what was written. Where our own reader replaces
+with ``load_real`` and compared with what was written. Where the project's own reader replaces
 torchvision's (CIFAR, SVHN, STL10), the same files are also read by torchvision with
 its MD5 check switched off, to show that both agree on the layout.
 """

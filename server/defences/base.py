@@ -8,8 +8,8 @@ A defence is a small object with a ``name``, validated ``Params`` and two hooks:
   after inference (noise, similar-query perturbation, B4B). ``projections`` are the head outputs
   g_v(y) when the checkpoint has a head and a defence in the chain sets ``needs_projections``.
 
-Anything a defence wants stored for the request goes into ``request.record`` (counters now;
-history streams and coverage bitmaps later), which the server commits with the usage counters
+Anything a defence wants stored for the request goes into ``request.record`` (counters, gauges,
+history entries, coverage bits, sybil pairs), which the server commits with the usage counters
 in ONE atomic store operation after the transforms: a request is counted whole or not at all.
 """
 

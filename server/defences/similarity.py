@@ -104,7 +104,7 @@ class SimilarQuery(Defence):
         sybil_tau: float | None = Field(default=None, description="default: tau")
         sybil_action: Literal["flag", "noise", "refuse"] = "flag"
         switch_at: int = Field(default=5_000, ge=1000, description="history size where flat search gives way to IVF "
-                               "(bench/faiss_lookup.py: flat costs ~5 us per query per 1,000 vectors here)")
+                               "(bench/faiss_lookup.py measures both searches against the history size)")
         nprobe: int = Field(default=16, ge=1)
 
         @model_validator(mode="after")

@@ -33,7 +33,7 @@ from shared.data.render import DOMAINS, render_chunk
 from shared.data.shapes import PATTERN_NAMES, SHAPE_NAMES
 
 CHUNK = 250
-FORMAT_VERSION = 2  # 2: the blob field's frequency is drawn per image (was per chunk)
+FORMAT_VERSION = 2  # 2: the blob field's frequency is drawn per image (version 1 drew it per chunk)
 TASKS = {"shape": SHAPE_NAMES, "pattern": PATTERN_NAMES}
 MAIN_TASK = "shape"
 

@@ -120,7 +120,7 @@ class CifarResNet(nn.Module):
         super().__init__()
         block, layers = ARCHITECTURES[arch]
         # torchvision's ImageNet layout at width 64 first, initialised and then discarded: it only
-        # keeps the random stream (hence every seeded init and trained result) as it always was.
+        # keeps the random stream (hence every seeded init) identical to torchvision's.
         self._build(block, layers, 64, stem=nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False))
         self.fc = nn.Linear(512 * block.expansion, 1000)
         _init(self)
