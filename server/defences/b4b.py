@@ -86,6 +86,7 @@ class CoverageTracker:
 
 class B4B(Defence):
     name = "b4b"
+    params: Params  # the validated Params below (Defence.__init__ stores it)
 
     class Params(DefenceParams):
         hyperplanes: int = Field(default=12, ge=1, le=20)

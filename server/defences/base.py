@@ -130,6 +130,7 @@ class RateLimitGate(Defence):
     """
 
     name = "rate_limit"
+    params: Params  # the validated Params below (Defence.__init__ stores it)
 
     class Params(RateLimit):
         pass

@@ -38,6 +38,7 @@ class GaussianNoise(Defence):
     """y + N(mean, sigma), keyed per (account, image). Paper: mean 10, sigma 1 hurt the attacker most."""
 
     name = "gaussian_noise"
+    params: Params  # the validated Params below (Defence.__init__ stores it)
 
     class Params(DefenceParams):
         mean: float = 0.0
@@ -55,6 +56,7 @@ class Rounding(Defence):
     """Round outputs to ``decimals`` places or quantise to multiples of ``step``."""
 
     name = "rounding"
+    params: Params  # the validated Params below (Defence.__init__ stores it)
 
     class Params(DefenceParams):
         decimals: int | None = Field(default=None, ge=0, le=8)
@@ -74,6 +76,7 @@ class TopK(Defence):
     """Sparsify: keep the k largest entries per output (by magnitude or value), zero the rest."""
 
     name = "topk"
+    params: Params  # the validated Params below (Defence.__init__ stores it)
 
     class Params(DefenceParams):
         model_config = ConfigDict(extra="forbid")

@@ -65,6 +65,7 @@ def calibrated_bits(profile: LegitProfile, images: int, coverage: float, similar
 
 class PowGate(Defence):
     name = "pow"
+    params: Params  # the validated Params below (Defence.__init__ stores it)
 
     class Params(DefenceParams):
         profile: Path | None = Field(default=None, description="legitimate profile JSON (python -m testbed.profile)")

@@ -90,6 +90,7 @@ class HistoryViews:
 class SimilarQuery(Defence):
     name = "similar_query"
     needs_projections = True
+    params: Params  # the validated Params below (Defence.__init__ stores it)
 
     class Params(DefenceParams):
         space: Literal["projection", "representation"] = "projection"

@@ -8,6 +8,7 @@ concurrent replicas never over-admit and a crash never leaves a half-counted req
 
 from __future__ import annotations
 
+import builtins
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ class AccountStore(ABC):
 
     # ---- defences ------------------------------------------------------------------------------
     @abstractmethod
-    async def history_since(self, account_id: str | None, after: str, count: int = 10000) -> list[HistoryEntry]:
+    async def history_since(self, account_id: str | None, after: str, count: int = 10000) -> builtins.list[HistoryEntry]:
         """History entries after stream id ``after`` ("0-0" = from the start), oldest first, at most ``count``.
 
         ``account_id=None`` reads the global stream (every account's projections)."""
@@ -156,7 +157,7 @@ class AccountStore(ABC):
         """Gauges the defences wrote (coverage, sigma, ...) plus :data:`HISTORY_LEN` and :data:`COVERAGE_BITS`."""
 
     @abstractmethod
-    async def sybil_pairs(self, limit: int = 20) -> list[tuple[str, int]]:
+    async def sybil_pairs(self, limit: int = 20) -> builtins.list[tuple[str, int]]:
         """Most frequent ``"acct_a|acct_b"`` pairs sending the same images, with counts."""
 
     async def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import heapq
 import threading
 import time
@@ -75,7 +76,7 @@ class MemoryStore(AccountStore):
         u = dict(self._usage.get(account_id, {}))
         return AccountUsage(requests=u.pop("requests", 0), images=u.pop("images", 0), counters=u)
 
-    def _window(self, account_id: str, limit: RateLimit) -> tuple[list[int], float]:
+    def _window(self, account_id: str, limit: RateLimit) -> tuple[builtins.list[int], float]:
         idx, retry = window_state(self._clock(), limit.window_s)
         current = self._windows.get(account_id)
         if current is None or current[0] != idx:  # a new window: the old one is dropped
@@ -131,7 +132,7 @@ class MemoryStore(AccountStore):
                 while len(self._global) > h.global_maxlen:
                     self._global.popleft()
 
-    async def history_since(self, account_id: str | None, after: str, count: int = 10000) -> list[HistoryEntry]:
+    async def history_since(self, account_id: str | None, after: str, count: int = 10000) -> builtins.list[HistoryEntry]:
         with self._lock:
             src = self._global if account_id is None else self._history.get(account_id, ())
             out = []
@@ -172,7 +173,7 @@ class MemoryStore(AccountStore):
             stats[COVERAGE_BITS] = float(int.from_bytes(self._bitmaps.get(account_id, b""), "big").bit_count())
             return stats
 
-    async def sybil_pairs(self, limit: int = 20) -> list[tuple[str, int]]:
+    async def sybil_pairs(self, limit: int = 20) -> builtins.list[tuple[str, int]]:
         with self._lock:
             return sorted(self._pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
 

@@ -27,7 +27,9 @@ clocks. All failures of the connection surface as :class:`StoreUnavailable` (-> 
 
 from __future__ import annotations
 
+import builtins
 import functools
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -149,21 +151,21 @@ class RedisStore(AccountStore):
     async def _load(self, aid: str | None) -> Account | None:
         if not aid:
             return None
-        h = await self.r.hgetall(self._acct(aid))
+        h = cast(dict[str, str], await self.r.hgetall(self._acct(aid)))  # self.r decodes: str keys, str values
         return Account.from_hash(h) if h else None
 
     @_unavailable
     async def by_key_hash(self, key_hash: str) -> Account | None:
-        return await self._load(await self.r.get(f"{self.p}:key:{key_hash}"))
+        return await self._load(cast(str | None, await self.r.get(f"{self.p}:key:{key_hash}")))
 
     @_unavailable
     async def get(self, id_or_name: str) -> Account | None:
         acct = await self._load(id_or_name) if id_or_name.startswith("acct_") else None
-        return acct or await self._load(await self.r.get(f"{self.p}:name:{id_or_name}"))
+        return acct or await self._load(cast(str | None, await self.r.get(f"{self.p}:name:{id_or_name}")))
 
     @_unavailable
     async def list(self) -> list[Account]:
-        ids = sorted(await self.r.smembers(f"{self.p}:accounts"))
+        ids = sorted(cast(set[str], await self.r.smembers(f"{self.p}:accounts")))
         async with self.r.pipeline(transaction=False) as pipe:
             for aid in ids:
                 pipe.hgetall(self._acct(aid))
@@ -186,7 +188,7 @@ class RedisStore(AccountStore):
         u = {k: int(v) for k, v in (await self.r.hgetall(f"{self._acct(account_id)}:usage")).items()}
         return AccountUsage(requests=u.pop("requests", 0), images=u.pop("images", 0), counters=u)
 
-    def _rate_args(self, account_id: str, limit: RateLimit, images: int) -> list:
+    def _rate_args(self, account_id: str, limit: RateLimit, images: int) -> builtins.list:
         return [f"{self._acct(account_id)}:rl:", limit.window_s, limit.requests or 0, limit.images or 0, images]
 
     @_unavailable
@@ -212,9 +214,11 @@ class RedisStore(AccountStore):
         return CommitResult(status, float(retry))
 
     @_unavailable
-    async def history_since(self, account_id: str | None, after: str, count: int = 10000) -> list[HistoryEntry]:
+    async def history_since(self, account_id: str | None, after: str, count: int = 10000) -> builtins.list[HistoryEntry]:
         key = f"{self.p}:hist" if account_id is None else f"{self._acct(account_id)}:hist"
-        rows = await self.rb.xrange(key, min=f"({after}", max="+", count=count)
+        # self.rb does not decode: stream ids, field names and values are bytes
+        rows = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                    await self.rb.xrange(key, min=f"({after}", max="+", count=count))
         out = []
         for eid, fields in rows:
             out.append(HistoryEntry(eid.decode(), fields.get(b"a", (account_id or "").encode()).decode(), fields[b"z"]))
@@ -222,7 +226,7 @@ class RedisStore(AccountStore):
 
     @_unavailable
     async def coverage_bitmap(self, account_id: str) -> bytes:
-        return await self.rb.get(f"{self._acct(account_id)}:cov") or b""
+        return cast(bytes | None, await self.rb.get(f"{self._acct(account_id)}:cov")) or b""
 
     @_unavailable
     async def spend_token(self, token_id: str, ttl_s: float) -> bool:
@@ -250,8 +254,8 @@ class RedisStore(AccountStore):
         return stats
 
     @_unavailable
-    async def sybil_pairs(self, limit: int = 20) -> list[tuple[str, int]]:
-        rows = await self.r.zrevrange(f"{self.p}:sybil", 0, limit - 1, withscores=True)
+    async def sybil_pairs(self, limit: int = 20) -> builtins.list[tuple[str, int]]:
+        rows = cast(list[tuple[str, float]], await self.r.zrevrange(f"{self.p}:sybil", 0, limit - 1, withscores=True))
         return [(m, int(s)) for m, s in rows]
 
     async def ping(self) -> bool:
