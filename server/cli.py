@@ -107,6 +107,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    import json
+
+    from server.config import env_table, load_config
+
+    if args.env:
+        rows = env_table()
+        width = max(len(r["variable"]) for r in rows)
+        for r in rows:
+            default = f" [default: {r['default']}]" if r["default"] else ""
+            print(f"{r['variable']:<{width}}  {r['type']}{default}\n{'':<{width}}  {r['description']}")
+        return 0
+    cfg = load_config(args.config)
+    print(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    return 0
+
+
 def _store_from_env(args: argparse.Namespace):
     from server.config import load_config
     from server.store import open_store
@@ -223,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--obfuscation-pad", type=int, help="pad_shuffle: extra dimensions (default 16)")
     s.set_defaults(func=_cmd_serve)
 
+
+    c = sub.add_parser("config", help="print the effective server config (file < env), secrets left out; "
+                                      "--env lists every environment variable")
+    c.add_argument("--config", help="server config file, JSON or TOML (or HEIST_CONFIG)")
+    c.add_argument("--env", action="store_true", help="list the HEIST_* variables with type, default and meaning")
+    c.set_defaults(func=_cmd_config)
 
     a = sub.add_parser("accounts", help="manage API accounts in the store named by REDIS_URL")
     a.add_argument("--config", help="server config file (for the tier names)")

@@ -1,6 +1,9 @@
-"""Server configuration: validated pydantic data from an optional file (JSON or TOML) plus env.
+"""Server configuration: pydantic-settings, from an optional file (JSON or TOML) and the environment.
 
 Precedence: defaults < file (``--config``/``HEIST_CONFIG``) < environment < CLI flags.
+Every field ``name`` is read from the environment variable ``HEIST_<NAME>`` (:func:`load_config`,
+the server's entry point, reads ``REDIS_URL`` for ``redis_url`` too); structured fields (``tiers``, ``obfuscation``,
+``allowed_formats``) take JSON there. ``heist-server config --env`` lists every variable.
 Secrets come only from the environment (never from the file, never from the repo):
 ``HEIST_ADMIN_TOKEN`` (admin endpoints; absent = admin endpoints disabled) and
 ``HEIST_SERVER_SECRET`` (keys the PoW tokens and the defences' randomness; absent = a random
@@ -13,10 +16,22 @@ import json
 import os
 import secrets
 import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from shared.images import FORMATS
 
@@ -70,19 +85,27 @@ def default_tiers() -> dict[str, TierConfig]:
     }
 
 
-class ServerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    checkpoint: Path | None = None
+ENV_PREFIX = "HEIST_"
+# set while load_config validates its own layers: the environment is then one of them, not read again
+_LAYERED: ContextVar[bool] = ContextVar("_LAYERED", default=False)
+
+
+class ServerConfig(BaseSettings):
+    """Every setting of a served victim; constructing it reads ``HEIST_*`` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True,
+                                      populate_by_name=True)
+    checkpoint: Path | None = Field(default=None, description="victim checkpoint folder (safetensors + config)")
     model_id: str | None = Field(default=None, description="public model id; default: checkpoint folder name")
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="address to bind")
+    port: int = Field(default=8000, ge=0, le=65535, description="port to bind (0: any free port)")
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
-    torch_threads: int | None = Field(default=None, ge=1)
+    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; None: torch's default")
     jit: bool = Field(default=True, description="on CPU, serve a TorchScript-traced, frozen copy of the encoder and head "
                                                 "(same weights, outputs equal to ~1e-6); false = eager PyTorch")
     # batching
-    max_batch: int = Field(default=64, ge=1, le=4096)
-    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    max_batch: int = Field(default=64, ge=1, le=4096, description="most images in one forward pass (micro-batch)")
+    max_wait_ms: float = Field(default=5.0, ge=0, le=1000, description="how long a micro-batch waits to fill")
     max_queue_images: int = Field(default=4096, ge=1, description="beyond this, 503 (overloaded)")
     decode_threads: int = Field(default=2, ge=1, le=256, description="threads decoding request images at once; "
                                 "more only steal CPU from inference on a small machine")
@@ -103,24 +126,39 @@ class ServerConfig(BaseModel):
         "The inference thread needs the GIL back after every forward pass; while the event loop runs Python it "
         "waits up to this long. None leaves the interpreter's setting alone."))
     # limits
-    max_images_per_request: int = Field(default=64, ge=1)
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    max_image_bytes: int = Field(default=4 * 1024 * 1024, ge=64)
-    max_image_pixels: int = Field(default=4096 * 4096, ge=1)
-    allowed_formats: tuple[str, ...] = FORMATS
+    max_images_per_request: int = Field(default=64, ge=1, description="more images in one request: 400")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="larger request bodies: 413")
+    discard_body_bytes: int = Field(default=128 * 1024 * 1024, ge=0, description=(
+        "lingering close: the server reads and drops a refused (413) body up to this many bytes in all before "
+        "it answers and closes, so clients that send the whole body before reading (urllib, requests) get the "
+        "413 rather than a reset connection; a larger declared body is answered at once"))
+    discard_body_s: float = Field(default=10.0, ge=0, le=600, description=(
+        "lingering close: the longest the server reads a refused body before it answers 413 and closes"))
+    max_image_bytes: int = Field(default=4 * 1024 * 1024, ge=64, description="larger encoded images: 413")
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="larger decoded images: 400 (decompression bombs)")
+    allowed_formats: tuple[str, ...] = Field(default=FORMATS, description="image formats accepted (JSON list in env)")
     # store
-    redis_url: str | None = Field(default=None, description="redis:// URL; None = embedded in-process store")
-    store_prefix: str = Field(default="heist", pattern=r"^[A-Za-z0-9_.:-]+$")
-    store_timeout_s: float = Field(default=1.0, gt=0, le=30)
-    store_retry_after_s: int = Field(default=2, ge=1)
+    redis_url: str | None = Field(default=None, description="redis:// URL; None = embedded in-process store (one process only)")
+    store_prefix: str = Field(default="heist", pattern=r"^[A-Za-z0-9_.:-]+$", description="prefix of every Redis key")
+    store_timeout_s: float = Field(default=1.0, gt=0, le=30, description="Redis socket timeout; beyond it, 503")
+    store_retry_after_s: int = Field(default=2, ge=1, description="Retry-After of a 503 when the store is unreachable")
     # accounts / policy
-    tiers: dict[str, TierConfig] = Field(default_factory=default_tiers)
-    obfuscation: Obfuscation | None = None
+    tiers: dict[str, TierConfig] = Field(default_factory=default_tiers,
+                                         description="account tiers: outputs, rate limit, defences (JSON in env)")
+    obfuscation: Obfuscation | None = Field(default=None, description="serve through one fixed output transform "
+                                            "(a suspect obfuscating a stolen copy; JSON in env)")
     # logging
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
     # secrets (env only)
-    admin_token: SecretStr | None = Field(default=None, exclude=True)
-    server_secret: SecretStr | None = Field(default=None, exclude=True)
+    admin_token: SecretStr | None = Field(default=None, exclude=True, description="admin endpoints' bearer token "
+                                          "(16+ characters; absent: admin endpoints disabled); env only")
+    server_secret: SecretStr | None = Field(default=None, exclude=True, description="keys PoW tokens and the "
+                                            "defences' randomness (same on every replica); env only")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,  # type: ignore[no-untyped-def]
+                                   file_secret_settings):
+        return (init_settings,) if _LAYERED.get() else (init_settings, env_settings)
 
     @field_validator("allowed_formats")
     @classmethod
@@ -156,31 +194,44 @@ class ServerConfig(BaseModel):
         return self.server_secret.get_secret_value().encode()
 
 
-# environment variables -> fields (scalars only; tiers come from the file)
-ENV = {
-    "REDIS_URL": "redis_url",
-    "HEIST_ADMIN_TOKEN": "admin_token",
-    "HEIST_SERVER_SECRET": "server_secret",
-    "HEIST_CHECKPOINT": "checkpoint",
-    "HEIST_MODEL_ID": "model_id",
-    "HEIST_HOST": "host",
-    "HEIST_PORT": "port",
-    "HEIST_DEVICE": "device",
-    "HEIST_TORCH_THREADS": "torch_threads",
-    "HEIST_JIT": "jit",
-    "HEIST_MAX_BATCH": "max_batch",
-    "HEIST_MAX_WAIT_MS": "max_wait_ms",
-    "HEIST_DECODE_THREADS": "decode_threads",
-    "HEIST_SWITCH_INTERVAL_MS": "switch_interval_ms",
-    "HEIST_FAISS_THREADS": "faiss_threads",
-    "HEIST_BLAS_THREADS": "blas_threads",
-    "HEIST_GC_FREEZE": "gc_freeze",
-    "HEIST_MAX_IMAGES_PER_REQUEST": "max_images_per_request",
-    "HEIST_MAX_BODY_BYTES": "max_body_bytes",
-    "HEIST_MAX_IMAGE_PIXELS": "max_image_pixels",
-    "HEIST_STORE_PREFIX": "store_prefix",
-    "HEIST_LOG_LEVEL": "log_level",
-}
+SECRETS = ("admin_token", "server_secret")
+# variables outside the prefix that load_config reads too (the prefixed one wins)
+ALIASES = {"redis_url": "REDIS_URL"}
+
+
+def env_names(field: str) -> tuple[str, ...]:
+    """The environment variables that set ``field``, preferred first."""
+    return tuple(v for v in (ALIASES.get(field), ENV_PREFIX + field.upper()) if v)
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("pathlib.", "").replace("pydantic.types.", "")
+
+
+def env_table() -> list[dict[str, str]]:
+    """One row per setting: variable, type, default, description (``heist-server config --env``)."""
+    rows = []
+    for name, info in ServerConfig.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, dict):
+            default = "{" + ", ".join(default) + "}"
+        rows.append({"variable": " or ".join(env_names(name)), "field": name,
+                     "type": _type_name(info.annotation),
+                     "default": "" if name in SECRETS else str(default), "description": info.description or ""})
+    return rows
+
+
+class EnvironmentLayer(EnvSettingsSource):
+    """The environment layer of :func:`load_config`, read from a given mapping (default ``os.environ``)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        super().__init__(ServerConfig)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
@@ -202,21 +253,28 @@ def read_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(file: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> ServerConfig:
-    """Build and validate the config; raises :class:`ConfigError` with every problem listed."""
-    env = dict(os.environ if env is None else env)
-    file = file or env.get("HEIST_CONFIG")
+def load_config(file: str | Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
+    """Build and validate the config (file < environment < ``overrides``); raises :class:`ConfigError`
+    with every problem listed, each naming its environment variable."""
+    environ = os.environ if env is None else env
+    file = file or environ.get("HEIST_CONFIG")
     data: dict[str, Any] = read_file(file) if file else {}
-    for var, field in ENV.items():
-        if env.get(var) not in (None, ""):
-            data[field] = env[var]
+    data.update({f: environ[v] for f, v in ALIASES.items() if environ.get(v)})
+    try:
+        data.update(EnvironmentLayer(environ)())
+    except Exception as e:  # a structured field whose env value is not JSON
+        raise ConfigError(f"invalid server configuration: {e}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
+    token = _LAYERED.set(True)
     try:
         return ServerConfig.model_validate(data)
     except ValidationError as e:
         lines = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"]) or "(config)"
-            var = next((k for k, f in ENV.items() if f == loc), None)
-            lines.append(f"  {loc}{f' (env {var})' if var else ''}: {err['msg']}")
+            top = str(err["loc"][0]) if err["loc"] else ""
+            var = f" (env {env_names(top)[0]})" if top in ServerConfig.model_fields else ""
+            lines.append(f"  {loc}{var}: {err['msg']}")
         raise ConfigError("invalid server configuration:\n" + "\n".join(lines)) from None
+    finally:
+        _LAYERED.reset(token)
