@@ -1,4 +1,5 @@
-"""Request middleware of the victim API: request id, JSON access log, metrics and the body limit."""
+"""Request middleware of the victim API: request id, JSON access log, metrics and the body limit
+(with lingering close: a refused body is read and dropped, within bounds, before the 413)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import re
 import time
 import uuid
 
+import anyio
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import logs
@@ -41,6 +43,20 @@ class RequestMiddleware:
         self.app = app
         self.state = state
 
+    async def _discard(self, receive, seen: int) -> None:
+        """Lingering close of a refused body: read and drop the rest of it (the body read in all stays
+        within ``discard_body_bytes``, the reading within ``discard_body_s``), so that a client writing
+        its whole body before reading the answer (urllib, requests) reads the 413 instead of a reset."""
+        bound = self.state.config.discard_body_bytes
+        with anyio.move_on_after(self.state.config.discard_body_s):
+            while seen < bound:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                seen += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -53,35 +69,51 @@ class RequestMiddleware:
         status = {"code": 500}
         limit = st.config.max_body_bytes
         seen = 0
+        body_done = refused = False
 
         async def send_wrapper(message):
+            nonlocal body_done
             if message["type"] == "http.response.start":
+                if refused and not body_done:  # the app answers the BodyTooLarge: drop the rest of the body first
+                    body_done = True
+                    await self._discard(receive, seen)
                 status["code"] = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
             await send(message)
 
         async def receive_wrapper():
-            nonlocal seen
+            nonlocal seen, body_done, refused
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > limit:
+                    refused = True
                     raise BodyTooLarge(limit)
+            else:
+                body_done = True
             return message
+
+        async def too_large() -> None:
+            resp = error_response(413, "request_too_large", f"request body exceeds {limit} bytes",
+                                  headers={"Connection": "close"})
+            await resp(scope, receive, send_wrapper)
 
         try:
             cl = headers.get("content-length")
             if cl is not None and (not cl.isdigit() or int(cl) > limit):
-                resp = error_response(413, "request_too_large", f"request body exceeds {limit} bytes")
-                await resp(scope, receive, send_wrapper)
+                # Expect: 100-continue -> the 413 at once (no 100 is sent, so the client never sends the
+                # body); otherwise read the declared body first, when it is within the discard bound
+                if headers.get("expect", "").lower() != "100-continue" and cl.isdigit() \
+                        and int(cl) <= st.config.discard_body_bytes:
+                    await self._discard(receive, 0)
+                await too_large()
             else:
                 try:
                     await self.app(scope, receive_wrapper, send_wrapper)
-                except BodyTooLarge:
-                    resp = error_response(413, "request_too_large", f"request body exceeds {limit} bytes",
-                                          headers={"Connection": "close"})
-                    await resp(scope, receive, send_wrapper)
+                except BodyTooLarge:  # FastAPI's handler usually answers it; send_wrapper drains the body
+                    await too_large()
         finally:
             dt = time.perf_counter() - t0
             route = _route_label(scope.get("path", ""))
