@@ -213,3 +213,139 @@ def serve(checkpoint: str | Path, config: dict | None = None, *, redis_url: str 
             yield Server(server.url, token, server.proc, server.log)
         finally:
             server.stop()
+
+
+@dataclass
+class RedisProcess:
+    """A private ``redis-server`` on a free loopback port, persisted with AOF (``appendfsync always``)
+    in ``dir`` so that a SIGKILL loses no acknowledged write; ``restart()`` starts it again on the same
+    port and data."""
+
+    dir: Path
+    port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10) -> RedisProcess:
+        import shutil
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.dir / "redis.log", "a")
+        self.proc = popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                           "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+                           "--protected-mode", "no"], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.dir / 'redis.log').read_text()[-1000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"redis-server on port {self.port} not ready after {timeout_s} s")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> RedisProcess:
+        self.kill()
+        return self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_redis(dir: str | Path, port: int | None = None) -> RedisProcess:
+    return RedisProcess(Path(dir), port or free_port()).start()
+
+
+NGINX_CONF = REPO / "deploy" / "nginx.conf"
+
+
+def nginx_config(upstream_ports: list[int], listen_port: int, template: Path = NGINX_CONF) -> str:
+    """``deploy/nginx.conf`` with the replicas' loopback ports as the upstream and ``listen_port``."""
+    lines = []
+    for line in template.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("server victim-api:8000"):
+            indent = line[: len(line) - len(line.lstrip())]
+            rest = stripped[len("server victim-api:8000"):]
+            lines += [f"{indent}server 127.0.0.1:{p}{rest}" for p in upstream_ports]
+        elif stripped.startswith("listen 8080"):
+            lines.append(line.replace("listen 8080", f"listen 127.0.0.1:{listen_port}"))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class NginxProcess:
+    """A native nginx (``nginx -p dir``, in the foreground) balancing over loopback replicas."""
+
+    dir: Path
+    port: int
+    proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # fast shutdown
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def nginx_binary() -> str | None:
+    import shutil
+
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+def start_nginx(dir: str | Path, upstream_ports: list[int], port: int | None = None,
+                timeout_s: float = 10) -> NginxProcess:
+    exe = nginx_binary()
+    if exe is None:
+        raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
+    d = Path(dir)
+    d.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    (d / "nginx.conf").write_text(nginx_config(upstream_ports, port))
+    log = open(d / "nginx.log", "a")
+    proc = popen([exe, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"],
+                 stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nginx exited: {(d / 'nginx.log').read_text()[-1000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return NginxProcess(d, port, proc)
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise TimeoutError(f"nginx on port {port} not listening after {timeout_s} s")
