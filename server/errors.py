@@ -10,13 +10,15 @@ from fastapi.responses import JSONResponse
 
 class ApiError(Exception):
     def __init__(self, status: int, type: str, message: str, param: str | None = None,
-                 retry_after: float | None = None, extra: dict[str, Any] | None = None) -> None:
+                 retry_after: float | None = None, extra: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.type, self.message, self.param = status, type, message, param
-        self.retry_after, self.extra = retry_after, extra or {}
+        self.retry_after, self.extra, self.headers = retry_after, extra or {}, headers
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.type, self.message, self.param, self.retry_after, self.extra)
+        return error_response(self.status, self.type, self.message, self.param, self.retry_after, self.extra,
+                              self.headers)
 
 
 def error_response(status: int, type: str, message: str, param: str | None = None, retry_after: float | None = None,

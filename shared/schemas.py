@@ -62,7 +62,9 @@ class Embedding(BaseModel):
 
 
 class Usage(BaseModel):
-    images: int
+    images: int = Field(description="images embedded (and counted against the account)")
+    prompt_tokens: int = Field(default=0, description="the same count under the OpenAI name (one image, one token)")
+    total_tokens: int = Field(default=0, description="the same count under the OpenAI name (one image, one token)")
 
 
 class EmbeddingResponse(BaseModel):

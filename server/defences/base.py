@@ -15,6 +15,7 @@ in ONE atomic store operation after the transforms: a request is counted whole o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -151,6 +152,19 @@ def rate_limited(limit: RateLimit, retry_after: float) -> Rejection:
     quota = ", ".join(f"{v} {k}" for k, v in (("requests", limit.requests), ("images", limit.images)) if v is not None)
     return Rejection(429, "rate_limit_exceeded", f"rate limit of {quota} per {limit.window_s} s reached; retry later",
                      retry_after=retry_after)
+
+
+def rate_limit_headers(limit: RateLimit, requests: int, images: int, reset_s: float) -> dict[str, str]:
+    """The ``x-ratelimit-{limit,remaining,reset}-{requests,images}`` headers of an account's window
+    (``requests``/``images`` counted in it, ``reset_s`` until it ends); a quantity without limit has none."""
+    out: dict[str, str] = {}
+    reset = f"{max(1, math.ceil(reset_s))}s"
+    for name, cap, used in (("requests", limit.requests, requests), ("images", limit.images, images)):
+        if cap is not None:
+            out[f"x-ratelimit-limit-{name}"] = str(cap)
+            out[f"x-ratelimit-remaining-{name}"] = str(max(0, cap - used))
+            out[f"x-ratelimit-reset-{name}"] = reset
+    return out
 
 
 REGISTRY: dict[str, type[Defence]] = {NoOp.name: NoOp, RateLimitGate.name: RateLimitGate}

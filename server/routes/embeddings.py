@@ -11,7 +11,7 @@ import pydantic_core
 from fastapi import APIRouter, Request, Response
 
 from server.defences import DefenceRefusal, DefenceRequest
-from server.defences.base import rate_limited
+from server.defences.base import rate_limit_headers, rate_limited
 from server.deps import AccountDep, StateDep
 from server.errors import ApiError
 from server.routes.responses import ERRORS
@@ -50,7 +50,11 @@ async def embeddings(payload: EmbeddingRequest, request: Request, state: StateDe
     decision = await pipeline.gate(account, dreq)
     state.metrics.defence.labels(account.tier, decision.type if decision else "pass").inc()
     if decision is not None:
-        raise ApiError(decision.status, decision.type, decision.message, decision.param, decision.retry_after, decision.extra)
+        headers = None
+        if decision.type == "rate_limit_exceeded":
+            headers = rate_limit_headers(pipeline.rate_limit, *await state.store.window(account.id, pipeline.rate_limit))
+        raise ApiError(decision.status, decision.type, decision.message, decision.param, decision.retry_after, decision.extra,
+                       headers)
     try:
         images = await anyio.to_thread.run_sync(preprocess, payload.input, state.model.config.input_size, state.limits,
                                                 limiter=state.decode_limiter)
@@ -67,8 +71,9 @@ async def embeddings(payload: EmbeddingRequest, request: Request, state: StateDe
     if state.obfuscator is not None:
         out = state.obfuscator.apply(payload.output, out, dreq.digests(images))
     result = await state.store.commit(account.id, dreq.record, pipeline.rate_limit)
+    limit_headers = rate_limit_headers(pipeline.rate_limit, result.requests, result.images, result.reset_s)
     if result.status == "rate_limited":
-        raise ApiError(**_rejection_kwargs(rate_limited(pipeline.rate_limit, result.retry_after)))
+        raise ApiError(**_rejection_kwargs(rate_limited(pipeline.rate_limit, result.retry_after)), headers=limit_headers)
     if result.status == "revoked":
         raise ApiError(403, "permission_error", "API key revoked")
     if result.status == "missing":
@@ -77,5 +82,5 @@ async def embeddings(payload: EmbeddingRequest, request: Request, state: StateDe
     body = {"object": "list", "model": state.model_id,
             "data": [{"object": "embedding", "index": i, "embedding": encode_embedding(v, payload.encoding_format)}
                      for i, v in enumerate(np.asarray(out))],
-            "usage": {"images": n}}
-    return Response(pydantic_core.to_json(body), media_type="application/json")
+            "usage": {"images": n, "prompt_tokens": n, "total_tokens": n}}
+    return Response(pydantic_core.to_json(body), media_type="application/json", headers=limit_headers)

@@ -80,8 +80,14 @@ def entry_after(a: str, b: str) -> bool:
 
 @dataclass(frozen=True)
 class CommitResult:
+    """``requests``/``images``: the account's use of its rate-limit window after this commit (or at the
+    refusal), ``reset_s``: seconds until that window ends (the ``x-ratelimit-*`` headers)."""
+
     status: Literal["ok", "rate_limited", "revoked", "missing"]
     retry_after: float = 0.0
+    requests: int = 0
+    images: int = 0
+    reset_s: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -129,6 +135,10 @@ class AccountStore(ABC):
     @abstractmethod
     async def commit(self, account_id: str, record: RequestRecord, limit: RateLimit) -> CommitResult:
         """Atomically: re-check revocation and rate limit, then count the request."""
+
+    @abstractmethod
+    async def window(self, account_id: str, limit: RateLimit) -> tuple[int, int, float]:
+        """Read-only: (requests, images) counted in the account's current window, seconds until it ends."""
 
     @abstractmethod
     async def ping(self) -> bool: ...

@@ -97,7 +97,7 @@ class MemoryStore(AccountStore):
                 return CommitResult("revoked")
             used, retry = self._window(account_id, limit)
             if over_limit(limit, used[0], used[1], record.images):
-                return CommitResult("rate_limited", retry)
+                return CommitResult("rate_limited", retry, used[0], used[1], retry)
             used[0] += 1
             used[1] += record.images
             u = self._usage[account_id]
@@ -116,7 +116,12 @@ class MemoryStore(AccountStore):
                 bm[byte] |= 0x80 >> (off & 7)
             for pair in record.sybil_pairs:
                 self._pairs[pair] += 1
-            return CommitResult("ok")
+            return CommitResult("ok", 0.0, used[0], used[1], retry)
+
+    async def window(self, account_id: str, limit: RateLimit) -> tuple[int, int, float]:
+        with self._lock:
+            used, retry = self._window(account_id, limit)
+            return used[0], used[1], retry
 
     def _append(self, account_id: str, h) -> None:
         hist = self._history.get(account_id)

@@ -79,12 +79,16 @@ if over then return tostring(retry) end
 return false
 """
 
+_USED = _WINDOW + """
+return {tostring(rq), tostring(im), tostring(retry)}
+"""
+
 _COMMIT = """
 local st = redis.call('HGET', KEYS[1], 'revoked')
 if not st then return {'missing', '0'} end
 if st == '1' then return {'revoked', '0'} end
 """ + _WINDOW + """
-if over then return {'rate_limited', tostring(retry)} end
+if over then return {'rate_limited', tostring(retry), tostring(rq), tostring(im), tostring(retry)} end
 redis.call('HINCRBY', rk, 'requests', 1)
 redis.call('HINCRBY', rk, 'images', n)
 redis.call('EXPIRE', rk, w * 2)
@@ -105,7 +109,7 @@ local nb = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nb do redis.call('SETBIT', KEYS[6], ARGV[i], 1); i = i + 1 end
 local np = tonumber(ARGV[i]); i = i + 1
 for _ = 1, np do redis.call('ZINCRBY', KEYS[7], 1, ARGV[i]); i = i + 1 end
-return {'ok', '0'}
+return {'ok', '0', tostring(rq + 1), tostring(im + n), tostring(retry)}
 """
 
 
@@ -137,6 +141,7 @@ class RedisStore(AccountStore):
         self._create = self.r.register_script(_CREATE)
         self._check = self.r.register_script(_CHECK)
         self._commit = self.r.register_script(_COMMIT)
+        self._used = self.r.register_script(_USED)
 
     def _acct(self, aid: str) -> str:
         return f"{self.p}:acct:{{{aid}}}"
@@ -210,8 +215,15 @@ class RedisStore(AccountStore):
         args += [len(record.coverage_bits), *record.coverage_bits]
         args += [len(record.sybil_pairs), *record.sybil_pairs]
         keys = [key, f"{key}:usage", f"{key}:dstats", f"{key}:hist", f"{self.p}:hist", f"{key}:cov", f"{self.p}:sybil"]
-        status, retry = await self._commit(keys=keys, args=args)
-        return CommitResult(status, float(retry))
+        status, retry, *used = await self._commit(keys=keys, args=args)
+        if not used:  # missing or revoked: no window was read
+            return CommitResult(status, float(retry))
+        return CommitResult(status, float(retry), int(used[0]), int(used[1]), float(used[2]))
+
+    @_unavailable
+    async def window(self, account_id: str, limit: RateLimit) -> tuple[int, int, float]:
+        rq, im, reset = await self._used(keys=[self._acct(account_id)], args=self._rate_args(account_id, limit, 0))
+        return int(rq), int(im), float(reset)
 
     @_unavailable
     async def history_since(self, account_id: str | None, after: str, count: int = 10000) -> builtins.list[HistoryEntry]:
