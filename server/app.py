@@ -66,11 +66,19 @@ def create_app(config: ServerConfig, model: Checkpoint | None = None, store: Acc
 
 
 def app_from_env() -> FastAPI:
-    """ASGI factory for ``uvicorn --factory server.app:app_from_env`` (config from env/HEIST_CONFIG)."""
-    from server.config import load_config
+    """ASGI factory for ``uvicorn --factory server.app:app_from_env``: the config from env/HEIST_CONFIG,
+    or, in a ``heist-server serve --workers N`` process, the parent's config (and the process ends
+    with its parent, even one killed with SIGKILL)."""
+    from server.config import config_from_handoff, load_config
+    from shared.proc import die_with_parent
 
-    logs.setup_logging()
-    return create_app(load_config())
+    config = config_from_handoff()
+    if config is not None:
+        die_with_parent()
+    else:
+        config = load_config()
+    logs.setup_logging(config.log_level)
+    return create_app(config)
 
 
 __all__ = ["create_app", "app_from_env", "lifespan", "ServerState", "RequestMiddleware", "BodyTooLarge", "ERRORS",

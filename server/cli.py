@@ -95,15 +95,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     elif args.obfuscation_seed is not None or args.obfuscation_pad is not None:
         raise ValueError("--obfuscation-seed/--obfuscation-pad need --obfuscate KIND")
     cfg = load_config(args.config, checkpoint=args.checkpoint, host=args.host, port=args.port, device=args.device,
-                      max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, obfuscation=obf)
+                      max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, obfuscation=obf, workers=args.workers)
     if cfg.checkpoint is None:
         raise ValueError("no checkpoint: pass --checkpoint DIR (or set HEIST_CHECKPOINT)")
     if not cfg.checkpoint.is_dir():
         raise FileNotFoundError(f"checkpoint folder {cfg.checkpoint} not found")
     setup_logging(cfg.log_level)
-    app = create_app(cfg)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=5, proxy_headers=False, server_header=False)
+    common = dict(host=cfg.host, port=cfg.port, log_config=None, access_log=False, timeout_graceful_shutdown=5,
+                  proxy_headers=False, server_header=False)
+    if cfg.workers == 1:
+        uvicorn.run(create_app(cfg), **common)
+        return 0
+    import os
+    import tempfile
+
+    from server.config import worker_handoff
+
+    with tempfile.TemporaryDirectory(prefix="heist-workers-") as d:
+        os.environ.update(worker_handoff(cfg, Path(d)))
+        uvicorn.run("server.app:app_from_env", factory=True, workers=cfg.workers, **common)
     return 0
 
 
@@ -232,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default 8000)")
     s.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    s.add_argument("--workers", type=int, help="server processes sharing the port (default 1; more need REDIS_URL)")
     s.add_argument("--max-batch", type=int, help="micro-batch size cap (images)")
     s.add_argument("--max-wait-ms", type=float, help="how long a batch waits to fill")
     s.add_argument("--obfuscate", choices=["permute", "pad_shuffle", "affine", "binary"],

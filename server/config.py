@@ -101,6 +101,8 @@ class ServerConfig(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="port to bind (0: any free port)")
     device: str = Field(default="auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads; None: torch's default")
+    workers: int = Field(default=1, ge=1, le=256, description="server processes sharing the port (uvicorn workers), "
+                         "each decoding, defending and running the model; more than 1 needs redis_url")
     jit: bool = Field(default=True, description="on CPU, serve a TorchScript-traced, frozen copy of the encoder and head "
                                                 "(same weights, outputs equal to ~1e-6); false = eager PyTorch")
     # batching
@@ -182,6 +184,8 @@ class ServerConfig(BaseSettings):
     def _check(self) -> ServerConfig:
         if not self.tiers:
             raise ValueError("at least one tier is needed")
+        if self.workers > 1 and self.redis_url is None:
+            raise ValueError("workers > 1 needs redis_url (REDIS_URL): the embedded store lives inside one process")
         if self.max_image_bytes > self.max_body_bytes:
             raise ValueError("max_image_bytes cannot exceed max_body_bytes")
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 16:
@@ -232,6 +236,29 @@ class EnvironmentLayer(EnvSettingsSource):
 
     def _load_env_vars(self) -> Mapping[str, str | None]:
         return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+WORKER_CONFIG_ENV = "HEIST_WORKER_CONFIG"
+
+
+def worker_handoff(cfg: ServerConfig, folder: Path) -> dict[str, str]:
+    """Environment for ``--workers`` processes: the parent's validated config (flags included) as a JSON
+    file they load as is, and one server secret for all of them (generated here when none is set)."""
+    path = folder / "server-config.json"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")))
+    path.chmod(0o600)
+    return {WORKER_CONFIG_ENV: str(path), "HEIST_SERVER_SECRET": cfg.secret_bytes().decode()}
+
+
+def config_from_handoff(environ: Mapping[str, str] | None = None) -> ServerConfig | None:
+    """In a worker: the parent's config (secrets from the environment), or None outside ``--workers``."""
+    environ = os.environ if environ is None else environ
+    path = environ.get(WORKER_CONFIG_ENV)
+    if not path:
+        return None
+    data = json.loads(Path(path).read_text())
+    secrets_env = {v: environ[v] for f in SECRETS for v in env_names(f) if environ.get(v)}
+    return load_config(env=secrets_env, **data)
 
 
 def read_file(path: str | Path) -> dict[str, Any]:
