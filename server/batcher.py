@@ -112,7 +112,7 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._cuda = device.type == "cuda"
         if self._cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub of Module.to lacks memory_format
         self.encoder, self.head = self.model.encoder, self.model.head
         self.jit = jit and not self._cuda  # on CUDA, autocast + channels_last already do the work
         self._served: dict[bool, torch.nn.Module] = {}
@@ -147,9 +147,9 @@ class Batcher:
             if self._queued + n > self.max_queue_images:
                 raise Overloaded(f"{self._queued} images queued")
             self._queued += n
-        job = _Job(images, projections, asyncio.get_running_loop().create_future())
-        self._q.put(job)
-        return await job.future
+        future: asyncio.Future[tuple[np.ndarray, np.ndarray | None]] = asyncio.get_running_loop().create_future()
+        self._q.put(_Job(images, projections, future))
+        return await future
 
     def run_sync(self, images: np.ndarray, projections: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Forward without the queue (tests, benchmarks)."""
@@ -215,6 +215,7 @@ class Batcher:
     def _serve(self, jobs: list[_Job]) -> None:
         t0 = time.perf_counter()
         n = sum(len(j.images) for j in jobs)
+        outcomes: list[tuple[_Job, bool, object]]
         try:
             images = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
             reps, projs = self._forward(images, any(j.projections for j in jobs))
@@ -237,7 +238,8 @@ class Batcher:
     @torch.inference_mode()
     def _forward(self, images: np.ndarray, projections: bool) -> tuple[np.ndarray, np.ndarray | None]:
         reps, projs = [], []
-        want_proj = projections and self.head is not None
+        head = self.head if projections else None
+        want_proj = head is not None
         for s in range(0, len(images), self.max_batch):
             x = torch.from_numpy(images[s:s + self.max_batch])
             if self.jit:
@@ -249,10 +251,10 @@ class Batcher:
                     x = x.contiguous(memory_format=torch.channels_last)
                     with torch.autocast("cuda", dtype=torch.bfloat16):
                         y = self.encoder(x)
-                        z = self.head(y) if want_proj else None
+                        z = head(y) if head is not None else None
                 else:
                     y = self.encoder(x)
-                    z = self.head(y) if want_proj else None
+                    z = head(y) if head is not None else None
             reps.append(y.float().cpu().numpy())
             if z is not None:
                 projs.append(z.float().cpu().numpy())

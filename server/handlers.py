@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -55,7 +57,8 @@ async def internal_error(request: Request, exc: Exception):
     return error_response(500, "internal_error", "internal server error")
 
 
-HANDLERS = {
+# each handler takes its own exception class (hence Any): Starlette picks it by the exception's type
+HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[Response]]] = {
     ApiError: api_error,
     StoreUnavailable: store_unavailable,
     Overloaded: overloaded,

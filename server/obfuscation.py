@@ -26,6 +26,8 @@ class Obfuscator:
 
     def apply(self, output: str, y: np.ndarray, digests: list[str]) -> np.ndarray:
         t = self.representation if output == "representation" else self.projection
+        if t is None:
+            raise ValueError(f"no {output} transform: the model has no projection head")
         return t.apply(y, digests if t.pad else None)
 
     def describe(self) -> dict:

@@ -75,27 +75,43 @@ class ServerState:
         if self.model is None:
             if self.config.checkpoint is None:
                 raise RuntimeError("no checkpoint configured (--checkpoint DIR or HEIST_CHECKPOINT)")
-            self.model = load_checkpoint(self.config.checkpoint, device)
+            model = load_checkpoint(self.config.checkpoint, device)
         else:
-            self.model = self.model.to(device).eval()
+            model = self.model.to(device).eval()
+        self.model = model
         if self.config.torch_threads:
             import torch
 
             torch.set_num_threads(self.config.torch_threads)
-        self.batcher = Batcher(self.model, device, self.config.max_batch, self.config.max_wait_ms,
+        self.batcher = Batcher(model, device, self.config.max_batch, self.config.max_wait_ms,
                                self.config.max_queue_images, on_batch=self.metrics.on_batch, jit=self.config.jit)
         self.batcher.start()
         if self.config.obfuscation is not None:
-            c = self.model.config
+            c = model.config
             self.obfuscator = Obfuscator(self.config.obfuscation, c.representation_dim, c.head.out_dim if c.head else None)
         self.metrics.queue.set_function(lambda: self.batcher.queued_images if self.batcher else 0)
-        log.info("model loaded", extra={"model": self.model_id, "arch": self.model.config.arch,
+        log.info("model loaded", extra={"model": self.model_id, "arch": model.config.arch,
                                          "device": str(device), "store": self.store.backend,
                                          "obfuscation": self.obfuscator.describe() if self.obfuscator else None,
                                          "policies": {t: p.describe() for t, p in self.pipelines.items()}})
 
+    @property
+    def loaded_model(self) -> Checkpoint:
+        """The served model: given to the constructor, or read by :meth:`load` (the app's startup)."""
+        if self.model is None:
+            raise RuntimeError("no model loaded")
+        return self.model
+
+    @property
+    def loaded_batcher(self) -> Batcher:
+        """The model's batcher, which :meth:`load` (the app's startup) starts."""
+        if self.batcher is None:
+            raise RuntimeError("no model loaded")
+        return self.batcher
+
     def model_info(self) -> ModelInfo:
-        c = self.model.config
+        model = self.loaded_model
+        c = model.config
         rep_dim, proj_dim = c.representation_dim, c.head.out_dim if c.head else None
         if self.obfuscator is not None:
             rep_dim = self.obfuscator.representation.out_dim
@@ -103,5 +119,5 @@ class ServerState:
         return ModelInfo(id=self.model_id, architecture=c.arch, input_size=c.input_size,
                          representation_dim=rep_dim, projection_dim=proj_dim,
                          normalization=NormalizationInfo(mean=c.normalization.mean, std=c.normalization.std),
-                         outputs=["representation", "projection"] if self.model.head is not None else ["representation"],
+                         outputs=["representation", "projection"] if model.head is not None else ["representation"],
                          max_images_per_request=self.config.max_images_per_request)

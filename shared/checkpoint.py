@@ -76,6 +76,9 @@ class EncoderConfig(BaseModel):
 class Encoder(nn.Module):
     """Images in [0, 1] (B, 3, H, W) -> representations; normalisation is part of the model."""
 
+    mean: torch.Tensor  # buffers (register_buffer below)
+    std: torch.Tensor
+
     def __init__(self, arch: str, width: int, norm: Normalization) -> None:
         super().__init__()
         self.backbone = build_encoder(arch, width)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -63,7 +64,7 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     return _cpuinfo_field(("model name",), cpuinfo) or platform.processor() or platform.machine()
 
 
-def onednn_isa(machine: str | None = None, flags: frozenset[str] | None = None, env: dict[str, str] | None = None) -> OneDnnIsa:
+def onednn_isa(machine: str | None = None, flags: frozenset[str] | None = None, env: Mapping[str, str] | None = None) -> OneDnnIsa:
     """Which instruction-set family oneDNN's CPU kernels will use in this process.
 
     The CPU's flags, capped by ``ONEDNN_MAX_CPU_ISA`` (or its old name ``DNNL_MAX_CPU_ISA``),

@@ -121,7 +121,7 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
     if (w, h) != (size, size):
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
         left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)

@@ -42,7 +42,11 @@ class OutputTransform:
     out_dim: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.out_dim = self.matrix.shape[1] if self.kind == "binary" else self.in_dim + self.pad
+        if self.kind == "binary":
+            assert self.matrix is not None, "a binary transform needs its matrix"
+            self.out_dim = self.matrix.shape[1]
+        else:
+            self.out_dim = self.in_dim + self.pad
 
     def apply(self, y: np.ndarray, inputs_digest: list[str] | None = None) -> np.ndarray:
         y = np.asarray(y, dtype=np.float32)

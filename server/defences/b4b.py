@@ -129,8 +129,11 @@ class B4B(Defence):
         key = (account_id, dim)
         t = self._transforms.get(key)
         if t is None:
-            rng = keyed_rng(self.ctx.secret, "b4b-transform", self.params.transform, account_id)
-            t = make_transform(self.params.transform, dim, rng, pad=self.params.pad,
+            kind = self.params.transform
+            if kind == "none":
+                raise ValueError("b4b is configured without an output transform (transform: none)")
+            rng = keyed_rng(self.ctx.secret, "b4b-transform", kind, account_id)
+            t = make_transform(kind, dim, rng, pad=self.params.pad,
                                pad_secret=keyed_rng(self.ctx.secret, "b4b-pad", account_id).bytes(32))
             self._transforms[key] = t
             if len(self._transforms) > 4096:

@@ -19,6 +19,8 @@ def round_to(y: np.ndarray, step: float | None = None, decimals: int | None = No
     """Quantise to a multiple of ``step`` or round to ``decimals`` decimal places."""
     if step is not None:
         return (np.round(y / step) * step).astype(np.float32)
+    if decimals is None:
+        raise ValueError("give step or decimals")
     return np.round(y, decimals).astype(np.float32)
 
 

@@ -121,6 +121,7 @@ class PowGate(Defence):
         p = self.params
         if p.fixed_bits is not None:
             return p.fixed_bits, 0.0
+        assert self.profile is not None  # Params: exactly one of fixed_bits and profile
         usage = await self.ctx.store.usage(account_id)
         stats = await self.ctx.store.defence_stats(account_id)
         return calibrated_bits(self.profile, usage.images, stats.get(Gauges.B4B_COVERAGE, 0.0), usage.counters.get(Counters.SIMILAR_HITS, 0),

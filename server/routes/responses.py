@@ -14,4 +14,5 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         429: "rate limited (Retry-After)", 503: "store unreachable or overloaded (Retry-After)"}.items()}
 ERRORS[428]["model"] = ChallengeResponse
 
-ADMIN_ERRORS = {k: ERRORS[k] for k in (401, 403, 422, 503)} | {404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**{k: ERRORS[k] for k in (401, 403, 422, 503)},
+                                                  404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}}

@@ -30,7 +30,7 @@ import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -183,8 +183,8 @@ def _empty_bytes(*args: Any) -> bytes:
 
 # The callables that numpy's ndarray pickling refers to, whatever numpy calls their
 # module (numpy.core in 1.x and in old pickles, numpy._core in 2.x).
-_NP_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
-_NP_FROMBUFFER = np.ndarray.__reduce_ex__(np.zeros(1), 5)[0]
+_NP_RECONSTRUCT = cast(Callable[..., Any], np.ndarray.__reduce__(np.zeros(1))[0])
+_NP_FROMBUFFER = cast(Callable[..., Any], np.ndarray.__reduce_ex__(np.zeros(1), 5)[0])
 
 _SAFE_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
     ("numpy.core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,
@@ -269,7 +269,9 @@ def _load_cifar(name: str, root: str | Path, split: str, limit: int | None) -> t
     """CIFAR10/100 with the restricted unpickler; CIFAR100 gives its 100 fine labels."""
     *batch_paths, meta_path = expected_files(name, root, split)
     label_key, names_key = ("labels", "label_names") if name == "cifar10" else ("fine_labels", "fine_label_names")
-    images, labels, count = [], [], 0
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    count = 0
     for path in batch_paths:
         if limit is not None and count >= limit and images:
             break

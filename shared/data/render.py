@@ -58,7 +58,8 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _random_colors(rng: np.random.Generator, n: int, s=(0.3, 1.0), v=(0.2, 1.0)) -> np.ndarray:
+def _random_colors(rng: np.random.Generator, n: int, s: tuple[float, float] = (0.3, 1.0),
+                   v: tuple[float, float] = (0.2, 1.0)) -> np.ndarray:
     return _hsv_to_rgb(rng.random(n), rng.uniform(*s, n), rng.uniform(*v, n)).astype(np.float32)
 
 
@@ -121,7 +122,7 @@ def _background(rng: np.random.Generator, n: int, x: np.ndarray, y: np.ndarray, 
 
 
 def _clutter(rng: np.random.Generator, canvas: np.ndarray, x: np.ndarray, y: np.ndarray, counts: np.ndarray) -> None:
-    n = canvas.shape[0]
+    n = int(canvas.shape[0])
     for j in range(int(counts.max(initial=0))):
         active = counts > j
         kind = rng.integers(0, 3, n)

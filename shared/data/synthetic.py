@@ -94,7 +94,8 @@ def generate_split(spec: DataSpec, split: str, progress: bool = True) -> ImageSe
         raise KeyError(f"unknown split {split!r}; spec has {sorted(spec.splits)}")
     sp = spec.splits[split]
     n_chunks = -(-sp.size // CHUNK)
-    images, labels = [], {t: [] for t in TASKS}
+    images: list[np.ndarray] = []
+    labels: dict[str, list[np.ndarray]] = {t: [] for t in TASKS}
     for c in tqdm(range(n_chunks), desc=f"render {split}", unit="chunk", disable=not progress, leave=False):
         rng = np.random.default_rng([spec.seed, _split_seed(split), c])
         n = min(CHUNK, sp.size - c * CHUNK)
@@ -123,7 +124,8 @@ def load_split(spec: DataSpec, split: str, root: Path | None = None, progress: b
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "spec.json").write_text(spec.model_dump_json(indent=2))
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, images=ds.images, **{f"label_{t}": y for t, y in ds.labels.items()})
+        # numpy's stub cannot tell that no label key is its allow_pickle flag
+        np.savez(tmp, images=ds.images, **{f"label_{t}": y for t, y in ds.labels.items()})  # type: ignore[arg-type]
         tmp.replace(path)  # atomic: a killed run never leaves a half-written split
         return ds
     with np.load(path, allow_pickle=False) as z:

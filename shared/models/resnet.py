@@ -122,10 +122,10 @@ class CifarResNet(nn.Module):
         # torchvision's ImageNet layout at width 64 first, initialised and then discarded: it only
         # keeps the random stream (hence every seeded init) identical to torchvision's.
         self._build(block, layers, 64, stem=nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False))
-        self.fc = nn.Linear(512 * block.expansion, 1000)
+        self.fc: nn.Module = nn.Linear(512 * block.expansion, 1000)
         _init(self)
         self._build(block, layers, width, stem=conv3x3(3, width))
-        self.maxpool = nn.Identity()
+        self.maxpool: nn.Module = nn.Identity()
         self.fc = nn.Identity()
         _init(self)
         self.arch = arch

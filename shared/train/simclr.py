@@ -73,10 +73,12 @@ def make_batch(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator, n_wm: int)
 def batch_loss(ckpt: Checkpoint, batch: torch.Tensor, k: torch.Tensor | None, cfg: TrainConfig) -> torch.Tensor:
     """NT-Xent on the two views' projections, plus the watermark cross-entropy on the rotated part."""
     b = cfg.batch_size
+    assert ckpt.head is not None, "SimCLR training needs the projection head"
     y = ckpt.encoder(batch)
     z = ckpt.head(y[: 2 * b])
     loss = nt_xent(z[:b].float(), z[b:].float(), cfg.temperature)
     if k is not None:
+        assert ckpt.watermark is not None and ckpt.config.watermark is not None, "rotated crops need the watermark"
         labels = ckpt.config.watermark.labels(k).to(batch.device)
         loss = loss + cfg.watermark_weight * F.cross_entropy(ckpt.watermark(y[2 * b :]).float(), labels)
     return loss
@@ -118,7 +120,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, stop_after: int | 
 
     ckpt = build_checkpoint(cfg).to(device)
     if cfg.channels_last:
-        ckpt = ckpt.to(memory_format=torch.channels_last)
+        ckpt = ckpt.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub of Module.to lacks memory_format
     params = [p for p in ckpt.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     previous = read_state_meta(out)
@@ -160,7 +162,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, stop_after: int | 
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {losses[-1]:.4f}  {seen / (time.perf_counter() - t0):.0f} img/s")
         save_state(out, ckpt, opt, epoch + 1, {"losses": losses, "config": cfg.model_dump(mode="json")})
     seconds = time.perf_counter() - t0
-    ckpt = ckpt.to(memory_format=torch.contiguous_format).eval()
+    ckpt = ckpt.to(memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]  # torch's stub of Module.to lacks memory_format
     return TrainOutcome(ckpt, max(0, last - start), start, seen / seconds if seconds > 0 else 0.0, seconds, losses)
 
 
