@@ -43,7 +43,7 @@ async def embeddings(payload: EmbeddingRequest, request: Request, state: StateDe
         raise ApiError(403, "permission_error",
                        f"output {payload.output!r} not allowed for tier {account.tier!r} (allowed: {', '.join(pipeline.config.outputs)})",
                        param="output")
-    if payload.output == "projection" and state.model.head is None:
+    if payload.output == "projection" and state.loaded_model.head is None:
         raise ApiError(400, "invalid_request_error", "this model has no projection head", param="output")
     dreq = DefenceRequest(payload=payload, body=await request.body(),
                           headers={k.lower(): v for k, v in request.headers.items()}, record=RequestRecord(images=n))
@@ -56,18 +56,19 @@ async def embeddings(payload: EmbeddingRequest, request: Request, state: StateDe
         raise ApiError(decision.status, decision.type, decision.message, decision.param, decision.retry_after, decision.extra,
                        headers)
     try:
-        images = await anyio.to_thread.run_sync(preprocess, payload.input, state.model.config.input_size, state.limits,
+        images = await anyio.to_thread.run_sync(preprocess, payload.input, state.loaded_model.config.input_size, state.limits,
                                                 limiter=state.decode_limiter)
     except ImageError as e:
         raise ApiError(e.status, e.type, str(e), e.param) from None
     want_proj = payload.output == "projection" or pipeline.needs_projections
-    reps, projs = await state.batcher.submit(images, projections=want_proj)
+    reps, projs = await state.loaded_batcher.submit(images, projections=want_proj)
     try:
         reps = await pipeline.transform(account, dreq, images, reps, projs)
     except DefenceRefusal as refusal:  # count the refused request (no images served), then refuse
         await state.store.commit(account.id, RequestRecord(images=0, counters=dreq.record.counters), pipeline.rate_limit)
         raise ApiError(**_rejection_kwargs(refusal.rejection)) from None
     out = projs if payload.output == "projection" else reps
+    assert out is not None  # projection asked for: the model has a head and the batcher computed them
     if state.obfuscator is not None:
         out = state.obfuscator.apply(payload.output, out, dreq.digests(images))
     result = await state.store.commit(account.id, dreq.record, pipeline.rate_limit)
