@@ -1,14 +1,14 @@
 """API throughput vs in-process batched forward of the same model, in the same run.
 
-    .venv/bin/python bench/api_throughput.py --checkpoint runs/victim        # full (about 1 min)
-    .venv/bin/python bench/api_throughput.py --quick                          # smoke check (random width-8 model)
+    python -m bench.api_throughput --checkpoint runs/victim        # full (about 1 min)
+    python -m bench.api_throughput --quick                         # smoke check (random width-8 model)
 
 Starts ``heist-server serve`` (real uvicorn; embedded store unless --redis URL) on a free loopback port,
 creates an ``unlimited`` account through the admin endpoint, then for each concurrency level
 (1, 8, 32) keeps that many requests in flight for --seconds and measures images/s and p50/p99
 request latency. The in-process baseline runs the same checkpoint's encoder on the same images
 (already decoded) in batches of concurrency x images-per-request (capped at the server's max batch).
-Prints a table and writes results/api_throughput.json.
+Prints a table and writes results/serving/api_throughput.json (``--out NAME``: results/serving/NAME.json).
 """
 
 from __future__ import annotations
@@ -28,16 +28,14 @@ import httpx
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench._common import RawHttpConnection, process_cpu_seconds, wait_ready  # noqa: E402
-from server.batcher import ServingForward, serving_module  # noqa: E402
-from server.config import ServerConfig  # noqa: E402
-from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint  # noqa: E402
-from shared.images import encode_image  # noqa: E402
-from shared.models import representation_dim  # noqa: E402
-from testbed.services import server_env, start_server  # noqa: E402
+from bench.harness import command, rel, write_json
+from bench.loadgen import RawHttpConnection, process_cpu_seconds
+from server.batcher import ServingForward, serving_module
+from server.config import ServerConfig
+from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint
+from shared.images import encode_image
+from shared.models import representation_dim
+from testbed.services import server_env, start_server, wait_ready
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -140,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="load generator: raw = pre-built HTTP/1.1 requests on keep-alive sockets (little client CPU); "
                         "httpx = the project's client library")
     p.add_argument("--quick", action="store_true", help="width-8 model, 1.5 s per level: checks the script works")
-    p.add_argument("--out", default=str(REPO / "results" / "api_throughput.json"))
+    p.add_argument("--out", default="api_throughput", help="name of the result: results/serving/NAME.json")
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.width = 1.5, 8
@@ -206,13 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['concurrency']:>4} | {a['images_per_s']:>10.1f} {a['p50_ms']:>8.1f} {a['p99_ms']:>8.1f} | "
               f"{b['images_per_s']:>13.1f} {b['batch']:>5d} {b['p50_ms']:>8.1f} {b['p99_ms']:>8.1f} | {r['ratio']:>10.1%} | {a['server_cpu']:>7.2f} {a['client_cpu']:>7.2f} | "
               f"{a['mean_batch']:>5.1f} {a['forward_ms_per_image']:>10.3f} {b['forward_ms_per_image']:>7.3f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(["bench/api_throughput.py", *(argv or sys.argv[1:])]),
-                               "model": {"arch": ck.config.arch, "width": ck.config.width, "checkpoint": str(ck_dir)},
+    out = write_json("serving", args.out, {"command": command("bench.api_throughput", argv),
+                               "model": {"arch": ck.config.arch, "width": ck.config.width, "checkpoint": rel(ck_dir)},
                                "images_per_request": n_img, "seconds_per_level": args.seconds, "torch_threads": threads, "jit": not args.no_jit, "gc_freeze": not args.no_gc_freeze,
                                "cpus": os.cpu_count(), "client": args.client, "switch_interval_ms": args.switch_interval_ms or ServerConfig.model_fields["switch_interval_ms"].default, "store": "redis" if args.redis else "embedded",
-                               "cuda": torch.cuda.is_available(), "rows": rows}, indent=2))
+                               "cuda": torch.cuda.is_available(), "rows": rows})
     print(f"wrote {out}")
     return 0
 

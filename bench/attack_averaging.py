@@ -9,7 +9,7 @@ has no fresh-noise option, so a small real uvicorn app in this script serves the
 with fresh N(mean, sigma) per answer (same decoding path, shared.images.preprocess). Both are
 queried over HTTP by attacker.queries.acquire with ``repeats`` (each repeat is a paid answer).
 Metric: relative error ||avg - clean|| / ||clean|| against clean answers from an ``unlimited``
-account. Writes results/attack_averaging.json and .md.
+account. Writes results/attack/attack_averaging.json and .md.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves annotatio
 
 from attacker.cache import QueryCache
 from attacker.queries import acquire, load_query_set
-from bench._common import RESULTS, table, write_json
 from bench.attack_table import local_victim
+from bench.harness import command, output, table, write_json
 from testbed.services import ThreadedServer, new_key
 
 
@@ -99,12 +99,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"noise": "fresh (bench app)", "repeats": r, "answers_bought": got.bought,
                              "rel_error": round(rel_err(got.answers, clean), 4)})
     txt = table(rows, ["noise", "repeats", "answers_bought", "rel_error"])
-    cmd = "python -m bench.attack_averaging " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command("bench.attack_averaging", argv)
     head = f"{a.images} images, noise N({a.mean}, {a.sigma}); rel_error = ||mean of answers - clean|| / ||clean||"
     print(head)
     print(txt)
-    write_json("attack_averaging", {"command": cmd, "config": vars(a), "rows": rows})
-    (RESULTS / "attack_averaging.md").write_text(f"# Query averaging vs noise\n\n{head}\n\nCommand: `{cmd}`\n\n```\n{txt}\n```\n")
+    write_json("attack", "attack_averaging", {"command": cmd, "config": vars(a), "rows": rows})
+    output("attack", "attack_averaging.md").write_text(f"# Query averaging vs noise\n\n{head}\n\nCommand: `{cmd}`\n\n```\n{txt}\n```\n")
     return 0
 
 

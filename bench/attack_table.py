@@ -10,8 +10,8 @@ admin endpoint. Queries are the first N images of the query set (default the ``a
 ``shifted_train`` is the other domain), bought once per budget
 through one thief account and cached (tables over several losses reuse the same answers, as an
 attacker would); the victim's quality is measured by a separate customer account through the API.
-Writes results/<out>.json, results/<out>.md and results/attack_accuracy_vs_queries.png (``--out``
-NAME replaces ``table`` in that name).
+Writes results/attack/<out>.json, results/attack/<out>.md and
+results/attack/attack_accuracy_vs_queries.png (``--out`` NAME replaces ``table`` in that name).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from attacker.cache import QueryCache
 from attacker.measure import plot_accuracy, probe_api, probe_local, ratios
 from attacker.queries import acquire, load_query_set
 from attacker.steal import StealConfig, train_stolen
-from bench._common import RESULTS, table, write_json
+from bench.harness import command, output, table, write_json
 from shared.checkpoint import load_checkpoint, save_checkpoint
 from shared.data.synthetic import MAIN_TASK, DataSpec
 from testbed.services import new_key, serve
@@ -126,15 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"victim via API: shape {100 * victim['probe_shape']:.1f}%, pattern {100 * victim['probe_pattern']:.1f}%, "
             f"shape (shifted) {100 * victim['probe_shape_shifted']:.1f}%; victim's private set {private} images; "
             f"stolen width {a.width}, aug reuse {a.aug_reuse}, at least {a.min_steps} steps; ratio = stolen/victim on shape")
-    cmd = "python -m bench.attack_table " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command("bench.attack_table", argv)
     print(head)
     print(txt)
     best = max(res["rows"], key=lambda r: r["ratio"])
     print(f"best: {best['loss']} at {best['queries']} queries, ratio {best['ratio']:.3f}")
-    write_json(a.out, {"command": cmd, "config": vars(a), "victim_private_images": private, **res, "best": best})
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{a.out}.md").write_text(f"# Stealing table\n\n{head}\n\nCommand: `{cmd}`\n\n```\n{txt}\n```\n")
-    plot_accuracy(res["rows"], RESULTS / f"{a.out.replace('table', 'accuracy_vs_queries')}.png", victim["probe_shape"])
+    write_json("attack", a.out, {"command": cmd, "config": vars(a), "victim_private_images": private, **res, "best": best})
+    output("attack", f"{a.out}.md").write_text(f"# Stealing table\n\n{head}\n\nCommand: `{cmd}`\n\n```\n{txt}\n```\n")
+    plot_accuracy(res["rows"], output("attack", f"{a.out.replace('table', 'accuracy_vs_queries')}.png"), victim["probe_shape"])
     return 0
 
 

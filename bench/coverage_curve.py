@@ -1,11 +1,12 @@
 """B4B coverage curve: an attacker-shaped stream (diverse ``attack`` images) vs legitimate narrow streams
 (3 shape classes of the ``test`` split each), SimHash 12 hyperplanes x 20 sets, online per request.
 
-    .venv/bin/python bench/coverage_curve.py            # attacker 10,000 images, 3 legit users (~2 min)
-    .venv/bin/python bench/coverage_curve.py --quick    # attacker 2,000 images, 2 legit users
+    python -m bench.coverage_curve            # attacker 10,000 images, 3 legit users (~2 min)
+    python -m bench.coverage_curve --quick    # attacker 2,000 images, 2 legit users
 
 Hashing raw (post-ReLU, all non-negative) representations vs centred ones (public-split mean
-subtracted, what the recorded profile uses). Plots results/coverage_curve.png, writes results/coverage_curve.json.
+subtracted, what the recorded profile uses). Plots results/attack/coverage_curve.png, writes
+results/attack/coverage_curve.json.
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench._common import RESULTS, table, write_json  # noqa: E402
-from server.defences.b4b import CoverageTracker, sigma_of_coverage, simhash_planes  # noqa: E402
-from shared.checkpoint import load_checkpoint  # noqa: E402
-from shared.data.synthetic import DataSpec, load_split  # noqa: E402
-from testbed.profile import attacker_streams, encode, legit_streams  # noqa: E402
+from bench.harness import REPO, command, output, table, write_json
+from server.defences.b4b import CoverageTracker, sigma_of_coverage, simhash_planes
+from shared.checkpoint import load_checkpoint
+from shared.data.synthetic import DataSpec, load_split
+from testbed.profile import attacker_streams, encode, legit_streams
 
 
 def main(argv=None) -> int:
@@ -78,11 +76,10 @@ def main(argv=None) -> int:
         ax.grid(alpha=0.3)
     fig.suptitle("B4B SimHash coverage (12 hyperplanes x 20 sets), victim " + Path(args.checkpoint).name)
     fig.tight_layout()
-    RESULTS.mkdir(exist_ok=True)
-    png = RESULTS / "coverage_curve.png"
+    png = output("attack", "coverage_curve.png")
     fig.savefig(png, dpi=110)
     print(table(rows, ["hash", "stream", "images", "c@500", "c@1000", "c@2000", "c@10000", "final", "sigma(final)"]))
-    path = write_json("coverage_curve", {"command": "bench/coverage_curve.py " + " ".join(argv or sys.argv[1:]), "rows": rows,
+    path = write_json("attack", "coverage_curve", {"command": command("bench.coverage_curve", argv), "rows": rows,
                                           "curves": curves})
     print(f"wrote {path} and {png}")
     return 0

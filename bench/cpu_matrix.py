@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from bench._common import RESULTS, machine, table, write_json
+from bench.harness import machine, output, table, write_json
 from shared.cpu import onednn_isa
 from shared.proc import run as run_child
 from testbed.services import REPO
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--render", action="store_true", help="only rebuild the table from results/cpu/matrix.json")
     a = ap.parse_args(argv)
     if a.render:
-        old = json.loads((RESULTS / "cpu" / "matrix.json").read_text())
+        old = json.loads(output("cpu", "matrix.json").read_text())
         result = render(old["cells"], old.get("steps", a.steps), old.get("rounds", a.rounds))
-        print(f"wrote {write_json('cpu/matrix', result)} and results/cpu/matrix.md")
+        print(f"wrote {write_json('cpu', 'matrix', result)} and results/cpu/matrix.md")
         return result
     cells = []
     for width in map(int, a.widths.split(",")):
@@ -54,14 +54,14 @@ def main(argv: list[str] | None = None) -> dict:
             env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "HEIST_ONEDNN_WORKAROUND")}
             if cap != "native":
                 env["ONEDNN_MAX_CPU_ISA"] = cap
-            name = f"cpu/train_throughput_{cap.lower()}_w{width}"
+            name = f"train_throughput_{cap.lower()}_w{width}"
             cmd = [sys.executable, "-m", "bench.train_throughput", "--width", str(width), "--steps", str(a.steps),
                    "--rounds", str(a.rounds), "--modes", ",".join(modes_for(cap, width)), "--name", name]
             print("$", ("" if cap == "native" else f"ONEDNN_MAX_CPU_ISA={cap} ") + " ".join(cmd[1:]), flush=True)
             run_child(cmd, cwd=REPO, env=env, check=True)
-            cells.append({"cap": cap, "width": width, **json.loads((RESULTS / f"{name}.json").read_text())})
+            cells.append({"cap": cap, "width": width, **json.loads(output("cpu", f"{name}.json").read_text())})
     result = render(cells, a.steps, a.rounds)
-    print(f"wrote {write_json('cpu/matrix', result)} and results/cpu/matrix.md")
+    print(f"wrote {write_json('cpu', 'matrix', result)} and results/cpu/matrix.md")
     return result
 
 
@@ -89,8 +89,7 @@ def render(cells: list[dict], steps: int, rounds: int) -> dict:
     print(f"CPU: {cpu}")
     print(table(rows, cols))
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    (RESULTS / "cpu").mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cpu" / "matrix.md").write_text(
+    output("cpu", "matrix.md").write_text(
         f"CPU: {cpu}; raw training step (forward, backward, optimiser step) in images/s and ratios, "
         f"`uv run python -m bench.cpu_matrix --steps {steps} --rounds {rounds}`. `off` is not timed where no layer is "
         "affected (width 16 under a cap) and crashes where the workaround is needed.\n\n" + "\n".join(md) + "\n")

@@ -1,16 +1,16 @@
 """Each defence's overhead as a ratio of the undefended API's throughput, in one run, one server.
 
-    .venv/bin/python bench/defence_overhead.py            # real victim, 8 s per tier, 2 rounds (~3 min)
-    .venv/bin/python bench/defence_overhead.py --quick    # 3 s per tier, 1 round
+    python -m bench.defence_overhead            # real victim, 8 s per tier, 2 rounds (~3 min)
+    python -m bench.defence_overhead --quick    # 3 s per tier, 1 round
 
 One ``heist-server serve`` (real uvicorn, embedded store unless --redis) with one tier per defence
 (and ``all``: noise + similar_query + b4b with affine transform + calibrated pow). Clients are
 legitimate-shaped (3 shape classes of the ``test`` split, distinct images, 8 per request, 8 in
 flight); an account that gets a 428 is replaced by a fresh one (a legitimate user stays inside the
 profile; the gate's cost is still paid on every request). The load client sends pre-built requests
-on keep-alive sockets (bench/_common.RawHttpConnection), so it takes little CPU from the server it
+on keep-alive sockets (bench.loadgen.RawHttpConnection), so it takes little CPU from the server it
 measures on a 2-core machine. Rounds interleave the tiers so load drift
-from other processes hits all alike. Target: ``all`` >= 75 % of ``none``. Writes results/defence_overhead.json.
+from other processes hits all alike. Target: ``all`` >= 75 % of ``none``. Writes results/serving/defence_overhead.json.
 """
 
 from __future__ import annotations
@@ -28,14 +28,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench._common import RawHttpConnection, table, wait_ready, write_json  # noqa: E402
-from shared.data.synthetic import DataSpec, load_split  # noqa: E402
-from shared.images import encode_image  # noqa: E402
-from testbed.profile import legit_streams  # noqa: E402
-from testbed.services import server_env, start_server  # noqa: E402
+from bench.harness import PROFILE, REPO, command, table, write_json
+from bench.loadgen import RawHttpConnection
+from shared.data.synthetic import DataSpec, load_split
+from shared.images import encode_image
+from testbed.profile import legit_streams
+from testbed.services import server_env, start_server, wait_ready
 
 
 def tiers(profile: str) -> dict:
@@ -56,7 +54,7 @@ def tiers(profile: str) -> dict:
 
 
 async def level(url: str, admin: str, tier: str, bodies: list[bytes], conc: int, seconds: float) -> dict:
-    """``conc`` legitimate-shaped clients on ``tier`` for ``seconds`` (raw keep-alive HTTP, see bench/_common)."""
+    """``conc`` legitimate-shaped clients on ``tier`` for ``seconds`` (raw keep-alive HTTP, see bench.loadgen)."""
     done = errors = rotated = 0
     async with httpx.AsyncClient(base_url=url, timeout=60) as c:
         async def new_key() -> list[bytes]:
@@ -88,7 +86,7 @@ async def level(url: str, admin: str, tier: str, bodies: list[bytes], conc: int,
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(REPO / "runs" / "victim"))
-    p.add_argument("--profile", default=str(REPO / "results" / "legit_profile.json"))
+    p.add_argument("--profile", default=str(PROFILE))
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--concurrency", type=int, default=8)
@@ -137,7 +135,7 @@ def main(argv=None) -> int:
     print(f"victim {args.checkpoint}, {args.concurrency} requests in flight x 8 images, {args.seconds} s x {args.rounds} rounds, "
           f"store {'redis' if args.redis else 'embedded'}, {os.cpu_count()} CPUs")
     print(table(rows, ["tier", "images_per_s", "ratio", "errors", "accounts_rotated"]))
-    path = write_json("defence_overhead", {"command": "bench/defence_overhead.py " + " ".join(argv or sys.argv[1:]),
+    path = write_json("serving", "defence_overhead", {"command": command("bench.defence_overhead", argv),
                                             "rows": rows, "raw": results, "tiers": conf["tiers"]})
     print(f"wrote {path}")
     return 0

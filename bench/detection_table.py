@@ -1,33 +1,29 @@
 """Similar-query detection table (like the stealing paper's): FPR / FNR at several tau, head space vs
 representation space, cosine and l2, on the real victim.
 
-    .venv/bin/python bench/detection_table.py            # 1000 images (about 30 s on 2 cores)
-    .venv/bin/python bench/detection_table.py --quick    # 300 images
+    python -m bench.detection_table            # 1000 images (about 30 s on 2 cores)
+    python -m bench.detection_table --quick    # 300 images
 
 Positives: a SimCLR view (shared/augment.py ``simclr_view``) of an image the account already sent,
 searched against the history of the original images (a hit = true detection; a miss = FNR).
 Negatives: distinct images (another part of the ``attack`` split) searched against the same history
-(a hit = false positive, FPR). Prints the table and writes results/detection_table.json.
+(a hit = false positive, FPR). Prints the table and writes results/defender/detection_table.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench._common import table, write_json  # noqa: E402
-from server.defences.index import VectorIndex  # noqa: E402
-from shared.augment import AugmentSpec, simclr_view  # noqa: E402
-from shared.checkpoint import load_checkpoint  # noqa: E402
-from shared.data.synthetic import DataSpec, load_split  # noqa: E402
-from testbed.profile import encode  # noqa: E402
+from bench.harness import REPO, command, table, write_json
+from server.defences.index import VectorIndex
+from shared.augment import AugmentSpec, simclr_view
+from shared.checkpoint import load_checkpoint
+from shared.data.synthetic import DataSpec, load_split
+from testbed.profile import encode
 
 
 def nearest(history: np.ndarray, queries: np.ndarray, metric: str) -> np.ndarray:
@@ -80,7 +76,7 @@ def main(argv=None) -> int:
     print(table(rows, ["space", "metric", "tau", "FPR %", "FNR %"]))
     print()
     print(table(out, ["space", "metric", "best_tau", "best_error_sum_%", "pos_median", "neg_median"]))
-    path = write_json("detection_table", {"command": "bench/detection_table.py " + " ".join(argv or sys.argv[1:]), "images": n,
+    path = write_json("defender", "detection_table", {"command": command("bench.detection_table", argv), "images": n,
                                           "rows": rows, "best": out})
     print(f"wrote {path}")
     return 0

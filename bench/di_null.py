@@ -13,7 +13,7 @@ every encoder's answers mapped into the victim's space first.
 
 Usage: ``python -m bench.di_null --victim runs/di5/victim --reference runs/di_ref/reference-dataseed2
 --suspects runs/di5/independent-dataseed1 runs/di5/independent-shifted runs/di5/stolen-infonce-4000``.
-Writes results/di_null.json.
+Writes results/defender/<out>.json (``--out``, default di_null).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import table, write_json
+from bench.harness import table, write_json
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                          "squares on --align-n public-split images, as verify does")
     ap.add_argument("--align-n", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="di_null", help="results/<out>.json")
+    ap.add_argument("--out", default="di_null", help="results/defender/<out>.json")
     args = ap.parse_args(argv)
 
     import torch
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["suspect", "t private (p)", "t null pools", "null mean / sd", "null pools with p < 0.05"]
     cols += ["... with the no-effect test"] if min_effect > 0 else []
     print(table(rows, cols))
-    path = write_json(args.out, {"args": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
+    path = write_json("defender", args.out, {"args": {k: (str(v) if isinstance(v, Path) else [str(x) for x in v] if isinstance(v, list) else v)
                                            for k, v in vars(args).items()},
                                   "references": [str(r) for r in args.reference], "min_effect": min_effect,
                                   "suspects": payload})

@@ -1,11 +1,11 @@
 """FAISS lookup time vs history size (10^3 .. 10^6 vectors), flat (exact) vs IVF (server/defences/index.py).
 
-    .venv/bin/python bench/faiss_lookup.py            # up to 10^6 (a few minutes on 2 cores)
-    .venv/bin/python bench/faiss_lookup.py --quick    # up to 10^5
+    python -m bench.faiss_lookup            # up to 10^6 (a few minutes on 2 cores)
+    python -m bench.faiss_lookup --quick    # up to 10^5
 
 History: random 64-d vectors (the victim's head dimension). Queries: a batch of 64 near-duplicates
 (history rows + small noise) as one API request would search. Reports build time, search time per
-batch and per query, and IVF recall@1 against the exact answer. Writes results/faiss_lookup.json.
+batch and per query, and IVF recall@1 against the exact answer. Writes results/serving/faiss_lookup.json.
 """
 
 from __future__ import annotations
@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import faiss
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench._common import table, write_json  # noqa: E402
-from server.defences.index import VectorIndex  # noqa: E402
+from bench.harness import command, table, write_json
+from server.defences.index import VectorIndex
 
 
 def timed(fn, reps=5):
@@ -71,7 +67,7 @@ def main(argv=None) -> int:
         r.pop("_pos")
     print(f"cosine, dim {args.dim}, batch of {args.batch} queries, faiss threads {args.threads}")
     print(table(rows, ["n", "index", "build_s", "batch_ms", "per_query_us", "recall@1"]))
-    path = write_json("faiss_lookup", {"command": "bench/faiss_lookup.py " + " ".join(argv or sys.argv[1:]), "dim": args.dim,
+    path = write_json("serving", "faiss_lookup", {"command": command("bench.faiss_lookup", argv), "dim": args.dim,
                                         "batch": args.batch, "rows": rows})
     print(f"wrote {path}")
     return 0

@@ -1,6 +1,6 @@
 """How much a GIL-busy thread (the server's event loop) slows the inference thread's forward pass.
 
-    .venv/bin/python bench/gil_contention.py --checkpoint runs/victim     # about 1 min
+    python -m bench.gil_contention --checkpoint runs/victim     # about 1 min
 
 The server runs inference in a worker thread while the event loop runs Python. The forward pass
 releases the GIL, but the worker must take it back after every call into torch, and each retake
@@ -13,7 +13,7 @@ waits up to the interpreter's switch interval while the loop holds it. Two ways 
 
 Each is timed alone and next to a thread spinning in Python, at switch intervals of 5 ms (Python's
 default) and 0.2 ms (the server's default), in one run. Prints a table and writes
-results/gil_contention.json.
+results/serving/gil_contention.json.
 """
 
 from __future__ import annotations
@@ -22,17 +22,13 @@ import argparse
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench._common import table, write_json  # noqa: E402
-from server.batcher import frozen, serving_module  # noqa: E402
-from shared.checkpoint import load_checkpoint  # noqa: E402
+from bench.harness import REPO, command, table, write_json
+from server.batcher import frozen, serving_module
+from shared.checkpoint import load_checkpoint
 
 
 def per_op(checkpoint):
@@ -109,7 +105,7 @@ def main(argv=None) -> int:
         sys.setswitchinterval(old)
     print(f"checkpoint {args.checkpoint}, batch {args.batch}, 1 torch thread, encoder + head")
     print(table(rows, ["switch_ms", "forward", "alone_img_s", "next_to_busy_thread_img_s", "kept"]))
-    path = write_json("gil_contention", {"command": "bench/gil_contention.py " + " ".join(argv or sys.argv[1:]),
+    path = write_json("serving", "gil_contention", {"command": command("bench.gil_contention", argv),
                                          "batch": args.batch, "rows": rows})
     print(f"wrote {path}")
     return 0

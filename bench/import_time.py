@@ -6,7 +6,7 @@ fresh interpreters and its ratio to ``import torch`` measured in the same run (t
 noisy; compare ratios, not seconds). ``torchvision.models.resnet`` is listed to show what
 shared/models/resnet.py saves by not importing it.
 
-Usage: ``python -m bench.import_time [--repeat 5]``. Writes results/import_time.json.
+Usage: ``python -m bench.import_time [--repeat 5]``. Writes results/serving/import_time.json.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from bench._common import table, write_json
+from bench.harness import command, table, write_json
 
 MODULES = ("torch", "torchvision.models.resnet", "shared.models", "server.app", "attacker.cli", "defender.verify")
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"module": m, "median s": f"{statistics.median(v):.2f}", "min s": f"{min(v):.2f}",
              "x import torch": f"{statistics.median(v) / base:.2f}"} for m, v in runs.items()]
     print(table(rows, ["module", "median s", "min s", "x import torch"]))
-    path = write_json("import_time", {"repeat": args.repeat, "seconds": runs,
+    path = write_json("serving", "import_time", {"command": command("bench.import_time", argv), "repeat": args.repeat, "seconds": runs,
                                       "ratio_to_torch": {m: statistics.median(v) / base for m, v in runs.items()}})
     print(f"wrote {path}")
     return 0

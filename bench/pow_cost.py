@@ -1,8 +1,8 @@
 """Proof-of-work costs: verify cost per request, solve cost vs bits (hashlib solver), and the cost
 ratio the calibrated difficulty puts on recorded workloads.
 
-    .venv/bin/python bench/pow_cost.py            # bits 8..22, 5 held-out legit users, 2 attackers (~3 min)
-    .venv/bin/python bench/pow_cost.py --quick    # bits 8..16, 2 legit users, 1 attacker
+    python -m bench.pow_cost            # bits 8..22, 5 held-out legit users, 2 attackers (~3 min)
+    python -m bench.pow_cost --quick    # bits 8..16, 2 legit users, 1 attacker
 
 Cost ratio: the workloads are recorded with the real victim (testbed/profile.py), request by
 request, with HELD-OUT legitimate users (another seed: other classes and images than the ones the
@@ -10,7 +10,7 @@ profile was learned from) and attackers (diverse ``attack`` split). For every re
 difficulty is computed from the account's state before it (exactly what the pow gate does), its
 expected solve time is 2**bits / (hash rate measured here), and the base time is the measured
 in-process time to embed one request. Ratio = (base + solve) / base over the whole workload.
-Needs results/legit_profile.json (python -m testbed.profile). Writes results/pow_cost.json.
+Needs assets/profiles/legit_profile.json (python -m testbed.profile). Writes results/serving/pow_cost.json.
 """
 
 from __future__ import annotations
@@ -23,22 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench._common import table, write_json  # noqa: E402
-from server.defences.pow import PowGate, calibrated_bits  # noqa: E402
-from server.defences.profile import LegitProfile  # noqa: E402
-from shared import pow as hashcash  # noqa: E402
-from shared.checkpoint import load_checkpoint  # noqa: E402
-from shared.data.synthetic import DataSpec, load_split  # noqa: E402
-from testbed.profile import encode, record_profile  # noqa: E402
+from bench.harness import PROFILE, REPO, command, table, write_json
+from server.defences.pow import PowGate, calibrated_bits
+from server.defences.profile import LegitProfile
+from shared import pow as hashcash
+from shared.checkpoint import load_checkpoint
+from shared.data.synthetic import DataSpec, load_split
+from testbed.profile import encode, record_profile
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(REPO / "runs" / "victim"))
-    p.add_argument("--profile", default=str(REPO / "results" / "legit_profile.json"))
+    p.add_argument("--profile", default=str(PROFILE))
     p.add_argument("--bits", type=int, nargs="+", default=[8, 12, 16, 18, 20, 22])
     p.add_argument("--legit-users", type=int, default=5)
     p.add_argument("--attackers", type=int, default=2)
@@ -115,7 +112,7 @@ def main(argv=None) -> int:
     legit = [r["ratio"] for r in rows if r["kind"] == "legit"]
     att = [r["ratio"] for r in rows if r["kind"] == "attack"]
     print(f"legit max ratio {max(legit):.2f} (target <= 1.5); attacker min ratio {min(att):.1f} (target >= 10)")
-    path = write_json("pow_cost", {"command": "bench/pow_cost.py " + " ".join(argv or sys.argv[1:]), "verify_us": verify_us,
+    path = write_json("serving", "pow_cost", {"command": command("bench.pow_cost", argv), "verify_us": verify_us,
                                     "issue_us": issue_us, "hash_rate": rate, "solve": solve_rows, "base_request_s": base_s,
                                     "params": gp.model_dump(mode="json"), "workloads": rows,
                                     "legit_max_ratio": max(legit), "attacker_min_ratio": min(att)})

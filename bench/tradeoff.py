@@ -11,7 +11,7 @@ similar-query-avoiding attacker vs the similarity defence.
     python -m bench.tradeoff                      # all policies + adaptive rows (~40 min on 2 cores)
     python -m bench.tradeoff --policies none,b4b --no-adaptive
 
-Writes results/tradeoff.json, results/tradeoff.md and results/tradeoff.png.
+Writes results/attack/tradeoff.json, .md and .png.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 
 from attacker.cache import QueryCache
 from attacker.measure import probe_local
-from bench._common import RESULTS, table, write_json
+from bench.harness import PROFILE, command, output, table, write_json
 from shared.checkpoint import load_checkpoint
 from shared.data.synthetic import MAIN_TASK, DataSpec
 from shared.proc import run as run_child
@@ -79,7 +79,7 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=str(REPO / "runs" / "victim"))
-    p.add_argument("--profile", default=str(RESULTS / "legit_profile.json"),
+    p.add_argument("--profile", default=str(PROFILE),
                    help="legitimate profile recorded from this victim (python -m testbed.profile)")
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--no-adaptive", action="store_true")
@@ -119,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             row["thief_defences"] = [srv.account_defences(f"thief-{tag}-{i}") for i in range(n_keys)]
             rows.append(row)
             print(f"   legit {100 * row['legit']:.1f}%  stolen {100 * row['stolen']:.1f}%", flush=True)
-    cmd = "python -m bench.tradeoff " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = command("bench.tradeoff", argv)
     commands = [cmd]
-    if a.update and (RESULTS / "tradeoff.json").is_file():
+    if a.update and output("attack", "tradeoff.json").is_file():
         new = {r["label"] for r in rows}
-        before = json.loads((RESULTS / "tradeoff.json").read_text())
+        before = json.loads(output("attack", "tradeoff.json").read_text())
         commands = before.get("commands", [before.get("command")]) + [cmd]
         old = [r for r in before["rows"] if r["label"] not in new]
         rows = old + rows
@@ -150,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                else "no policy drops the attacker >= 15 points at <= 1 point for the customer")
     print(verdict)
     cmd = " && ".join(commands)
-    write_json("tradeoff", {"command": cmd, "commands": commands, "config": vars(a), "scale": scale, "tiers": tiers, "rows": rows, "verdict": verdict})
-    (RESULTS / "tradeoff.md").write_text(f"# Defence trade-off\n\nCommand: `{cmd}`\n\n"
+    write_json("attack", "tradeoff", {"command": cmd, "commands": commands, "config": vars(a), "scale": scale, "tiers": tiers, "rows": rows, "verdict": verdict})
+    output("attack", "tradeoff.md").write_text(f"# Defence trade-off\n\nCommand: `{cmd}`\n\n"
                                          f"Attacker: {a.loss}, {a.queries} queries of the attack split, {a.epochs} epochs; "
                                          f"customer: {LegitTask()}.\n\n```\n{txt}\n```\n\n{verdict}\n")
-    plot(rows, RESULTS / "tradeoff.png")
+    plot(rows, output("attack", "tradeoff.png"))
     return 0
 
 

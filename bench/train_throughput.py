@@ -28,7 +28,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from bench._common import table, write_json
+from bench.harness import table, write_json
 from shared.augment import to_float
 from shared.cpu import onednn_isa, set_strided_pointwise_workaround, strided_pointwise_workaround
 from shared.data.synthetic import load_split
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3, help="alternating blocks of each kind")
     ap.add_argument("--width", type=int, help="override the preset's width (4: the stealing tests' ResNet)")
     ap.add_argument("--modes", default="auto", help="comma list of workaround modes for the raw step: auto, on, off, no-onednn")
-    ap.add_argument("--name", default="train_throughput", help="results/<name>.json")
+    ap.add_argument("--name", default="train_throughput", help="results/cpu/<name>.json")
     args = ap.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if unknown := set(modes) - set(MODES):
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
               "raw_images_per_s": raw_ips.get("auto"), "raw_images_per_s_by_mode": raw_ips,
               "full_images_per_s": full_ips, "ratio": ratio, "overhead": None if ratio is None else 1 - ratio,
               "full_block_s": full_t, "raw_block_s": raw_t}
-    print(f"wrote {write_json(args.name, result)}")
+    print(f"wrote {write_json('cpu', args.name, result)}")
     return result
 
 

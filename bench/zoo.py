@@ -16,7 +16,8 @@ Suspects (whatever exists under runs/ is used; what is missing is listed, never 
   copy and of the independent encoders: output transforms from shared/transforms.py, keyed.
 
 Usage: ``nice -n 10 python -m bench.zoo [--steal] [--losses mse infonce softnn] [--budgets 2000 8000]``.
-Writes results/zoo.json and results/zoo.md. ``--runs DIR`` reads (and makes) the stolen copies and the
+Writes results/defender/zoo.json, .md and .png (``--out NAME``, ``--area defender/earlier`` for a
+run kept beside the ones of record). ``--runs DIR`` reads (and makes) the stolen copies and the
 independents under another folder, e.g. the dataset-inference victim's zoo (``--runs runs/di --victim
 runs/di/victim --out zoo_di``; see docs/defender.md).
 """
@@ -32,8 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from bench._common import RESULTS, table, write_json
-from defender.cli import parse_components
+from bench.harness import command, output, results_dir, table, write_json
 from shared.proc import run as run_child
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ def steal_all(args: argparse.Namespace) -> None:
     from testbed.services import serve
 
     with serve(args.victim, {"tiers": {"unlimited": {"outputs": ["representation", "projection"]}}},
-               log_path=RESULTS / "zoo-server.log") as srv:
+               log_path=results_dir() / "zoo-server.log") as srv:
         key = srv.new_account("zoo-attacker", "unlimited")
         for loss in args.losses:
             for n in args.budgets:
@@ -98,8 +98,6 @@ def plot(rows: list[dict], alpha: float, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from defender.report import _save
-
     methods = [("watermark_aligned", "aligned watermark"), ("dataset_inference", "DI"),
                ("dataset_inference_aligned", "aligned DI")]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 0.32 * len(rows) + 1.5), sharey=True)
@@ -115,16 +113,20 @@ def plot(rows: list[dict], alpha: float, path: Path) -> Path:
     axes[0].set_yticks(y, [r["name"] for r in rows], fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle("defender zoo: red = stolen (truth), blue = independent")
-    return _save(fig, path)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--victim", type=Path, default=RUNS / "victim")
     ap.add_argument("--runs", type=Path, default=RUNS, help="folder of the stolen-* copies and independent-* encoders")
-    ap.add_argument("--out", default="zoo", help="results/<out>.json and results/<out>.md")
-    ap.add_argument("--di-components", type=parse_components, default="auto",
-                    help="GMM components of dataset inference (an integer or auto)")
+    ap.add_argument("--out", default="zoo", help="results/<area>/<out>.json, .md and .png")
+    ap.add_argument("--area", default="defender", help="results folder: defender, or defender/earlier for a run not of record")
+    ap.add_argument("--di-components", default="auto",
+                    help="GMM components of dataset inference (a positive integer or auto; VerifyConfig checks it)")
     ap.add_argument("--di-public", type=int, help="public images scored by dataset inference (default: --di-n)")
     ap.add_argument("--steal", action="store_true", help="make missing stolen copies with heist-attack steal over HTTP first")
     ap.add_argument("--losses", nargs="+", default=["mse", "infonce", "softnn"])
@@ -154,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     from shared.transforms import make_transform
 
     torch.set_num_threads(args.threads)
-    RESULTS.mkdir(exist_ok=True)
     if args.steal:
         steal_all(args)
     victim = load_checkpoint(args.victim)
@@ -228,10 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         print("missing suspects:\n  " + "\n  ".join(missing))
     if ref_tests:  # the references' own raw DI tests on the private rows (the same for every suspect)
         print("references' raw DI tests: " + ", ".join(f"{n}: t={v['t']}" for n, v in ref_tests.items()))
-    write_json(args.out, {"config": cfg.model_dump(), "references": ref_tests, "rows": rows, "confusion": conf,
-                          "missing": missing})
-    print(f"wrote {plot(rows, cfg.alpha, RESULTS / (args.out + '.png'))}")
-    md = ["# Defender model zoo", "", "`nice -n 10 python -m bench.zoo " + " ".join(argv or sys.argv[1:]) + "`", "",
+    cmd = command("bench.zoo", argv)
+    path = write_json(args.area, args.out, {"command": cmd, "config": cfg.model_dump(), "references": ref_tests, "rows": rows,
+                                            "confusion": conf, "missing": missing})
+    print(f"wrote {plot(rows, cfg.alpha, output(args.area, args.out + '.png'))}")
+    md = ["# Defender model zoo", "", f"`nice -n 10 {cmd}`", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(t[c]) for c in cols) + " |" for t in tab]
     md += ["", "## Confusion (truth x verdict)", "", "```", *conf_lines, "```", ""]
@@ -247,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                *[f"- `{n}`: raw DI t = {v['t']} (p = {_p(v['p'])}) on the private rows" for n, v in ref_tests.items()], ""]
     if missing:
         md += ["## Missing suspects", "", *[f"- {m}" for m in missing], ""]
-    (RESULTS / f"{args.out}.md").write_text("\n".join(md))
-    print(f"wrote {RESULTS / (args.out + '.json')} and {RESULTS / (args.out + '.md')}")
+    output(args.area, f"{args.out}.md").write_text("\n".join(md))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
     return 0
 
 

@@ -3,7 +3,7 @@
 Each policy is a list of ``{name, params}`` defence specs, validated by the server's own config
 model (``server.config.TierConfig``) before any process starts. The calibrated parts (B4B's LSH
 centre, PoW's legitimate envelope) read the legitimate profile recorded from the victim with
-``python -m testbed.profile`` (default ``results/legit_profile.json``).
+``python -m testbed.profile`` (default ``assets/profiles/legit_profile.json``).
 
 - ``none``: undefended.
 - ``noise``: keyed Gaussian output noise (StolenEncoder-style perturbation), sigma relative to the
@@ -13,7 +13,7 @@ centre, PoW's legitimate envelope) read the legitimate profile recorded from the
   alpha = 5 x scale and lambda = 1e-10 (steeper than the paper's 1e-7, whose curve only reaches
   alpha far beyond a 4,000-query thief's coverage here); ``beta`` is set from the profile so the
   legitimate envelope (+2 points) costs 1e-3 alpha. Calibrated with the profile's recorded
-  attacker trace: ``results/legit_profile_traces.json``.
+  attacker trace: ``assets/profiles/legit_profile_traces.json``.
 - ``pow``: calibrated proof-of-work (volume + coverage deviation from the profile); answers untouched.
   Difficulty 12-18 bits, scaled to the testbed's Python solver (production: 20-28, docs/defences.md).
 - ``all``: b4b + noise + similar + pow together (b4b first: defences run in order, and coverage

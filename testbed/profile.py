@@ -9,7 +9,7 @@ split); an attacker is a diverse stream (the ``attack`` split, optionally with a
 The profile (:class:`server.defences.profile.LegitProfile`) is the upper envelope over the
 legitimate users; the ``pow`` defence loads it.
 
-    python -m testbed.profile [--checkpoint runs/victim] [--out results/legit_profile.json] ...
+    python -m testbed.profile [--checkpoint runs/victim] [--out assets/profiles/legit_profile.json] ...
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def record_profile(checkpoint: str | Path, *, users: int = 5, images: int = 1200
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     rp = argparse.ArgumentParser(prog=prog)
     rp.add_argument("--checkpoint", default="runs/victim")
-    rp.add_argument("--out", default="results/legit_profile.json")
+    rp.add_argument("--out", default="assets/profiles/legit_profile.json")
     rp.add_argument("--traces", help="also write every simulated account's trajectory (JSON)")
     rp.add_argument("--users", type=int, default=5)
     rp.add_argument("--images", type=int, default=1200, help="images per legitimate user")
