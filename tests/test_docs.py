@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -31,3 +32,12 @@ def test_relative_links_resolve_inside_the_repo():
             if not path.is_relative_to(REPO) or not path.exists():
                 bad.append(f"{doc.name}: {target}")
     assert not bad, "\n".join(bad)
+
+
+def test_results_page_and_index_are_generated_from_the_results(tmp_path):
+    """docs/results.md and results/README.md match what bench.report renders, whatever the working directory."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HEIST_RESULTS_DIR", None)
+    r = subprocess.run([sys.executable, "-m", "bench.report", "--check"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr
+    assert "not in the index" not in r.stderr, r.stderr
