@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(REPO / "runs" / "tradeoff"), help="stolen copies and query caches")
     p.add_argument("--redis-url", default=None, help="store of the server (default: embedded)")
     p.add_argument("--update", action="store_true",
-                   help="re-measure only the rows asked for; keep the other rows of results/tradeoff.json")
+                   help="re-measure only the rows asked for; keep the other rows of results/attack/tradeoff.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     policies = [s for s in a.policies.split(",") if s]
