@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -101,8 +102,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not cfg.checkpoint.is_dir():
         raise FileNotFoundError(f"checkpoint folder {cfg.checkpoint} not found")
     setup_logging(cfg.log_level)
-    common = dict(host=cfg.host, port=cfg.port, log_config=None, access_log=False, timeout_graceful_shutdown=5,
-                  proxy_headers=False, server_header=False)
+    common: dict[str, Any] = dict(host=cfg.host, port=cfg.port, log_config=None, access_log=False, timeout_graceful_shutdown=5,
+                                  proxy_headers=False, server_header=False)
     if cfg.workers == 1:
         uvicorn.run(create_app(cfg), **common)
         return 0

@@ -158,7 +158,7 @@ class ServerConfig(BaseSettings):
                                             "defences' randomness (same on every replica); env only")
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,  # type: ignore[no-untyped-def]
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):
         return (init_settings,) if _LAYERED.get() else (init_settings, env_settings)
 
