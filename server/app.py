@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server import logs
+from server import logs, openapi
 from server.config import ServerConfig
 from server.defence_stats import DefenceStats, defence_stats
 from server.handlers import install_handlers
@@ -62,6 +62,7 @@ def create_app(config: ServerConfig, model: Checkpoint | None = None, store: Acc
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    openapi.install(app, config, state.model_id)
     return app
 
 

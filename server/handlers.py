@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from server.batcher import Overloaded
 from server.deps import get_state
@@ -36,8 +37,24 @@ async def overloaded(request: Request, exc: Overloaded):
 
 
 async def http_error(request: Request, exc: StarletteHTTPException):
+    headers = getattr(exc, "headers", None)
+    allowed = _allowed_methods(request) if exc.status_code == 405 else None
+    if allowed:  # Allow: every method of the path, not only those of the first route that matched it
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
     return error_response(exc.status_code, STATUS_TYPES.get(exc.status_code, "http_error"), str(exc.detail),
-                          headers=getattr(exc, "headers", None))
+                          headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str] | None:
+    """The methods the OpenAPI document gives the request's path (HEAD with GET); None for a path it omits."""
+    for template, item in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.url.path):
+            methods = {m.upper() for m in item if m.upper() in _METHODS}
+            return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
+    return None
+
+
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"}
 
 
 async def validation_error(request: Request, exc: RequestValidationError):
