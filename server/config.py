@@ -143,6 +143,12 @@ class ServerConfig(BaseSettings):
     redis_url: str | None = Field(default=None, description="redis:// URL; None = embedded in-process store (one process only)")
     store_prefix: str = Field(default="heist", pattern=r"^[A-Za-z0-9_.:-]+$", description="prefix of every Redis key")
     store_timeout_s: float = Field(default=1.0, gt=0, le=30, description="Redis socket timeout; beyond it, 503")
+    idempotency_ttl_s: float = Field(default=600, gt=0, le=7 * 86400, description=(
+        "how long the answer of a request sent with an Idempotency-Key is kept for its retries (they get it "
+        "again, uncharged); the store holds rows x dim x 4 bytes per such request for this long"))
+    idempotency_lease_s: float = Field(default=60, gt=0, le=3600, description=(
+        "how long a running request holds its Idempotency-Key; a retry meanwhile gets 409 "
+        "idempotency_in_progress. Longer than any request takes"))
     store_retry_after_s: int = Field(default=2, ge=1, description="Retry-After of a 503 when the store is unreachable")
     # accounts / policy
     tiers: dict[str, TierConfig] = Field(default_factory=default_tiers,

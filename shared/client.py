@@ -7,6 +7,9 @@ and returns one float32 matrix in input order. Per request it
 - retries 429/503 honouring ``Retry-After`` (plus jittered exponential backoff when the header is
   missing) and transport errors, up to ``max_retries`` tries or ``max_wait_s`` of waiting in total,
   then raises :class:`ApiGiveUp`;
+- sends one ``Idempotency-Key`` per logical request, the same on every retry, so a request whose
+  answer was lost (a replica killed mid-request, a 502 from a load balancer) is charged once: the
+  server replays the committed answer; 502, 504 and 409 ``idempotency_in_progress`` are retried;
 - solves 428 proof-of-work challenges (HashCash over SHA-256 from :mod:`shared.pow`; several
   processes search disjoint nonces when ``pow_workers > 1``) and resends the *same* body bytes
   with ``X-PoW-Solution: <token>:<nonce>``;
@@ -26,6 +29,7 @@ import asyncio
 import json
 import random
 import time
+import uuid
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -81,6 +85,8 @@ class ClientStats:
     retries: int = 0           # 429/503/transport retries
     rate_limited: int = 0      # 429 answers
     unavailable: int = 0       # 503 answers
+    bad_gateway: int = 0       # 502/504 answers (a load balancer lost the replica)
+    replayed: int = 0          # 200 answers replayed by the server for a retried Idempotency-Key
     waited_s: float = 0.0      # seconds slept because of Retry-After/backoff
     pow_challenges: int = 0
     pow_hashes: int = 0
@@ -94,6 +100,10 @@ class ClientStats:
         d["pow_seconds"] = round(self.pow_seconds, 3)
         d["wall"] = round(self.wall, 3)
         return d
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "idempotent-replayed"
 
 
 # ---- PoW ----------------------------------------------------------------------------------------
@@ -270,7 +280,7 @@ class ApiClient:
         self._spent += n
         encoded = await asyncio.to_thread(lambda: [encode_image(im) for im in images])
         body = json.dumps({"input": encoded, "encoding_format": "base64", "output": output}).encode()
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", IDEMPOTENCY_HEADER: uuid.uuid4().hex}
         tries = 0
         try:
             while True:
@@ -286,8 +296,14 @@ class ApiClient:
                     continue
                 st = resp.status_code
                 if st == 200:
+                    if resp.headers.get(REPLAYED_HEADER) == "true":
+                        self.stats.replayed += 1
                     return self._parse(resp, n, dim)
                 etype, msg, param, payload = _error_of(resp)
+                if st in (502, 504) or (st == 409 and etype == "idempotency_in_progress"):
+                    self.stats.bad_gateway += st != 409
+                    await self._backoff(tries, _retry_after(resp), f"{st} {etype}: {msg}")
+                    continue
                 if st == 428 and isinstance(payload.get("challenge"), dict):
                     if tries > self.max_retries:
                         raise ApiGiveUp(st, etype, f"still asked for proof of work after {tries} tries: {msg}")

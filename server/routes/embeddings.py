@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -10,16 +11,50 @@ import numpy as np
 import pydantic_core
 from fastapi import APIRouter, Request, Response
 
+from server.accounts import Account
 from server.defences import DefenceRefusal, DefenceRequest
-from server.defences.base import rate_limit_headers, rate_limited
+from server.defences.base import DefencePipeline, rate_limit_headers, rate_limited
 from server.deps import AccountDep, StateDep
 from server.errors import ApiError
 from server.routes.responses import ERRORS
-from server.store import RequestRecord
+from server.state import ServerState
+from server.store import IdempotentAnswer, RequestRecord
 from shared.images import ImageError, preprocess
 from shared.schemas import EmbeddingRequest, EmbeddingResponse, encode_embedding
 
 router = APIRouter(tags=["embeddings"])
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "idempotent-replayed"
+
+
+def _pack(out: np.ndarray) -> bytes:
+    rows = np.ascontiguousarray(out, dtype="<f4")
+    return f"{rows.shape[0]},{rows.shape[1]}|".encode() + rows.tobytes()
+
+
+def _unpack(payload: bytes) -> np.ndarray:
+    shape, _, data = payload.partition(b"|")
+    n, d = (int(x) for x in shape.split(b","))
+    return np.frombuffer(data, dtype="<f4").reshape(n, d)
+
+
+def _answer(model_id: str, out: np.ndarray, encoding_format: Literal["float", "base64"],
+            headers: dict[str, str]) -> Response:
+    n = len(out)
+    body = {"object": "list", "model": model_id,
+            "data": [{"object": "embedding", "index": i, "embedding": encode_embedding(v, encoding_format)}
+                     for i, v in enumerate(np.asarray(out))],
+            "usage": {"images": n, "prompt_tokens": n, "total_tokens": n}}
+    return Response(pydantic_core.to_json(body), media_type="application/json", headers=headers)
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not (0 < len(key) <= 255 and all(0x21 <= ord(c) <= 0x7E for c in key)):
+        raise ApiError(400, "invalid_request_error", f"{IDEMPOTENCY_HEADER} must be 1-255 visible ASCII characters",
+                       param=IDEMPOTENCY_HEADER)
+    return key
 
 
 def _rejection_kwargs(r) -> dict[str, Any]:
@@ -45,7 +80,35 @@ async def embeddings(payload: EmbeddingRequest, request: Request, state: StateDe
                        param="output")
     if payload.output == "projection" and state.loaded_model.head is None:
         raise ApiError(400, "invalid_request_error", "this model has no projection head", param="output")
-    dreq = DefenceRequest(payload=payload, body=await request.body(),
+    raw = await request.body()
+    key = _idempotency_key(request)
+    if key is None:
+        return await _serve(payload, request, state, account, pipeline, raw, None)
+    claim = (hashlib.sha256(key.encode()).hexdigest(), hashlib.sha256(raw).hexdigest())
+    held = await state.store.idempotency_claim(account.id, *claim, int(config.idempotency_lease_s * 1000))
+    if held.state == "done":  # a retry of a committed request: the same answer, not counted again
+        state.metrics.defence.labels(account.tier, "idempotent_replay").inc()
+        return _answer(state.model_id, _unpack(held.payload), payload.encoding_format, {REPLAYED_HEADER: "true"})
+    if held.state == "pending":
+        raise ApiError(409, "idempotency_in_progress", f"a request with this {IDEMPOTENCY_HEADER} is running; retry later",
+                       param=IDEMPOTENCY_HEADER, retry_after=1)
+    if held.state == "mismatch":
+        raise ApiError(422, "idempotency_key_reused", f"this {IDEMPOTENCY_HEADER} was used for another request body",
+                       param=IDEMPOTENCY_HEADER)
+    try:
+        return await _serve(payload, request, state, account, pipeline, raw, claim)
+    except BaseException:
+        with anyio.CancelScope(shield=True):  # a committed request keeps its answer; a failed one frees the key
+            await state.store.idempotency_release(account.id, claim[0])
+        raise
+
+
+async def _serve(payload: EmbeddingRequest, request: Request, state: ServerState, account: Account,
+                 pipeline: DefencePipeline, raw: bytes, claim: tuple[str, str] | None) -> Response:
+    """Gate, decode, infer, transform, commit (with the answer kept for retries when ``claim``)."""
+    config = state.config
+    n = len(payload.input)
+    dreq = DefenceRequest(payload=payload, body=raw,
                           headers={k.lower(): v for k, v in request.headers.items()}, record=RequestRecord(images=n))
     decision = await pipeline.gate(account, dreq)
     state.metrics.defence.labels(account.tier, decision.type if decision else "pass").inc()
@@ -71,6 +134,8 @@ async def embeddings(payload: EmbeddingRequest, request: Request, state: StateDe
     assert out is not None  # projection asked for: the model has a head and the batcher computed them
     if state.obfuscator is not None:
         out = state.obfuscator.apply(payload.output, out, dreq.digests(images))
+    if claim is not None:
+        dreq.record.idempotent = IdempotentAnswer(*claim, _pack(out), int(config.idempotency_ttl_s * 1000))
     result = await state.store.commit(account.id, dreq.record, pipeline.rate_limit)
     limit_headers = rate_limit_headers(pipeline.rate_limit, result.requests, result.images, result.reset_s)
     if result.status == "rate_limited":
@@ -80,8 +145,4 @@ async def embeddings(payload: EmbeddingRequest, request: Request, state: StateDe
     if result.status == "missing":
         raise ApiError(401, "authentication_error", "invalid API key")
     state.metrics.images.labels(payload.output, account.tier).inc(n)
-    body = {"object": "list", "model": state.model_id,
-            "data": [{"object": "embedding", "index": i, "embedding": encode_embedding(v, payload.encoding_format)}
-                     for i, v in enumerate(np.asarray(out))],
-            "usage": {"images": n, "prompt_tokens": n, "total_tokens": n}}
-    return Response(pydantic_core.to_json(body), media_type="application/json", headers=limit_headers)
+    return _answer(state.model_id, out, payload.encoding_format, limit_headers)

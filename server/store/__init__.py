@@ -6,6 +6,8 @@ from server.store.base import (
     CommitResult,
     HistoryAppend,
     HistoryEntry,
+    IdempotencyClaim,
+    IdempotentAnswer,
     RequestRecord,
     StoreUnavailable,
 )
@@ -22,5 +24,6 @@ def open_store(redis_url: str | None, prefix: str = "heist", timeout_s: float = 
     return MemoryStore()
 
 
-__all__ = ["AccountExists", "AccountStore", "CommitResult", "HistoryAppend", "HistoryEntry", "RequestRecord", "StoreUnavailable",
+__all__ = ["AccountExists", "AccountStore", "CommitResult", "HistoryAppend", "HistoryEntry", "IdempotencyClaim",
+           "IdempotentAnswer", "RequestRecord", "StoreUnavailable",
            "open_store"]

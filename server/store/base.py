@@ -41,6 +41,43 @@ class HistoryAppend:
     global_maxlen: int = 0  # 0 = not appended to the global stream
 
 
+@dataclass(frozen=True)
+class IdempotentAnswer:
+    """What a request with an ``Idempotency-Key`` leaves for its retries: the answer it committed.
+
+    ``key_id``: sha256 of the client's key (hex); ``digest``: sha256 of the request body (hex);
+    ``payload``: the served answer, encoded by the route; kept ``ttl_ms``."""
+
+    key_id: str
+    digest: str
+    payload: bytes
+    ttl_ms: int
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """``new``: this request holds the key (a lease) and runs; ``pending``: another request with the key
+    is running; ``done``: one committed, ``payload`` is its answer; ``mismatch``: the key was used for
+    another body."""
+
+    state: Literal["new", "pending", "done", "mismatch"]
+    payload: bytes = b""
+
+
+PENDING, DONE = b"pending|", b"done|"
+
+
+def read_claim(value: bytes | None, digest: str) -> IdempotencyClaim:
+    """The claim a stored idempotency value gives a request with body ``digest`` (None: no value)."""
+    if value is None:
+        return IdempotencyClaim("new")
+    if value.startswith(PENDING):
+        same = value[len(PENDING):].decode() == digest
+        return IdempotencyClaim("pending" if same else "mismatch")
+    stored, _, payload = value[len(DONE):].partition(b"|")
+    return IdempotencyClaim("done", payload) if stored.decode() == digest else IdempotencyClaim("mismatch")
+
+
 @dataclass
 class RequestRecord:
     """What one served request adds to its account (committed atomically, all or nothing).
@@ -49,7 +86,8 @@ class RequestRecord:
     ``gauges``: per-account defence values overwritten by each request (coverage, sigma, ...);
     ``history``: projections appended to the account's history stream (similar-query defence);
     ``coverage_bits``: bit offsets set in the account's coverage bitmap (B4B SimHash buckets);
-    ``sybil_pairs``: ``"acct_a|acct_b"`` members bumped in the global sybil-pair ranking.
+    ``sybil_pairs``: ``"acct_a|acct_b"`` members bumped in the global sybil-pair ranking;
+    ``idempotent``: the answer kept for retries of the same ``Idempotency-Key``.
     """
 
     images: int
@@ -58,6 +96,7 @@ class RequestRecord:
     history: HistoryAppend | None = None
     coverage_bits: list[int] = field(default_factory=list)
     sybil_pairs: list[str] = field(default_factory=list)
+    idempotent: IdempotentAnswer | None = None  # stored with the commit, in the same atomic step
 
     def count(self, name: str, n: int = 1) -> None:
         if n:
@@ -135,6 +174,14 @@ class AccountStore(ABC):
     @abstractmethod
     async def commit(self, account_id: str, record: RequestRecord, limit: RateLimit) -> CommitResult:
         """Atomically: re-check revocation and rate limit, then count the request."""
+
+    @abstractmethod
+    async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease_ms: int) -> IdempotencyClaim:
+        """Atomically: take the key for ``lease_ms`` when nobody holds it, else say who does."""
+
+    @abstractmethod
+    async def idempotency_release(self, account_id: str, key_id: str) -> None:
+        """Drop a lease that did not end in a commit (the request failed; a retry may run)."""
 
     @abstractmethod
     async def window(self, account_id: str, limit: RateLimit) -> tuple[int, int, float]:

@@ -12,14 +12,18 @@ from server.accounts import Account
 from server.config import RateLimit
 from server.store.base import (
     COVERAGE_BITS,
+    DONE,
     HISTORY_LEN,
+    PENDING,
     AccountExists,
     AccountStore,
     CommitResult,
     HistoryEntry,
+    IdempotencyClaim,
     RequestRecord,
     entry_after,
     over_limit,
+    read_claim,
     window_state,
 )
 from shared.schemas import AccountUsage
@@ -38,6 +42,7 @@ class MemoryStore(AccountStore):
         self._windows: dict[str, tuple[int, list[int]]] = {}  # account -> (window index, [requests, images])
         self._gauges: dict[str, dict[str, float]] = defaultdict(dict)
         self._history: dict[str, deque[HistoryEntry]] = {}
+        self._idem: dict[tuple[str, str], tuple[float, bytes]] = {}  # (account, key id) -> (expiry, value)
         self._global: deque[HistoryEntry] = deque()
         self._seq = 0
         self._bitmaps: dict[str, bytearray] = defaultdict(bytearray)
@@ -116,7 +121,28 @@ class MemoryStore(AccountStore):
                 bm[byte] |= 0x80 >> (off & 7)
             for pair in record.sybil_pairs:
                 self._pairs[pair] += 1
+            if record.idempotent is not None:
+                a = record.idempotent
+                self._idem[(account_id, a.key_id)] = (self._clock() + a.ttl_ms / 1000,
+                                                      DONE + a.digest.encode() + b"|" + a.payload)
             return CommitResult("ok", 0.0, used[0], used[1], retry)
+
+    async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease_ms: int) -> IdempotencyClaim:
+        with self._lock:
+            now = self._clock()
+            if len(self._idem) > 4096:  # drop expired entries now and then
+                self._idem = {k: v for k, v in self._idem.items() if v[0] > now}
+            held = self._idem.get((account_id, key_id))
+            value = held[1] if held is not None and held[0] > now else None
+            if value is None:
+                self._idem[(account_id, key_id)] = (now + lease_ms / 1000, PENDING + digest.encode())
+            return read_claim(value, digest)
+
+    async def idempotency_release(self, account_id: str, key_id: str) -> None:
+        with self._lock:
+            held = self._idem.get((account_id, key_id))
+            if held is not None and held[1].startswith(PENDING):
+                del self._idem[(account_id, key_id)]
 
     async def window(self, account_id: str, limit: RateLimit) -> tuple[int, int, float]:
         with self._lock:

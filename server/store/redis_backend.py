@@ -16,6 +16,9 @@ account's keys live in one Redis Cluster slot and its Lua scripts stay single-sl
 - ``P:hist``                 STREAM global history (fields ``a`` account id, ``z``), for the sybil index
 - ``P:sybil``                ZSET  ``acct_a|acct_b`` -> how many images both sent
 - ``P:pow:<sha256(token)>``  STRING spent PoW token (``SET NX`` with TTL until the token expires)
+- ``P:acct:{id}:idem:<k>``   STRING ``pending|<body sha256>`` while a request with Idempotency-Key
+                                   sha256 ``k`` runs (a lease), then ``done|<body sha256>|<answer>``,
+                                   written by the commit script itself (TTL ``idempotency_ttl_s``)
 
 Every write of one request (usage, window, gauges, history, bitmap, sybil pairs) is ONE Lua script.
 The global stream and the sybil ZSET are not hash-tagged by account: on Redis Cluster they would go
@@ -40,13 +43,16 @@ from server.accounts import Account
 from server.config import RateLimit
 from server.store.base import (
     COVERAGE_BITS,
+    DONE,
     HISTORY_LEN,
     AccountExists,
     AccountStore,
     CommitResult,
     HistoryEntry,
+    IdempotencyClaim,
     RequestRecord,
     StoreUnavailable,
+    read_claim,
 )
 from shared.schemas import AccountUsage
 
@@ -109,7 +115,21 @@ local nb = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nb do redis.call('SETBIT', KEYS[6], ARGV[i], 1); i = i + 1 end
 local np = tonumber(ARGV[i]); i = i + 1
 for _ = 1, np do redis.call('ZINCRBY', KEYS[7], 1, ARGV[i]); i = i + 1 end
+if ARGV[i] == '1' then redis.call('SET', KEYS[8], ARGV[i + 1], 'PX', ARGV[i + 2]) end
 return {'ok', '0', tostring(rq + 1), tostring(im + n), tostring(retry)}
+"""
+
+
+_IDEM_CLAIM = """
+local v = redis.call('GET', KEYS[1])
+if not v then redis.call('SET', KEYS[1], 'pending|' .. ARGV[1], 'PX', ARGV[2]) return false end
+return v
+"""
+
+_IDEM_RELEASE = """
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 8) == 'pending|' then redis.call('DEL', KEYS[1]) end
+return 1
 """
 
 
@@ -142,6 +162,8 @@ class RedisStore(AccountStore):
         self._check = self.r.register_script(_CHECK)
         self._commit = self.r.register_script(_COMMIT)
         self._used = self.r.register_script(_USED)
+        self._idem_claim = self.rb.register_script(_IDEM_CLAIM)  # binary: the answer is float32 bytes
+        self._idem_release = self.rb.register_script(_IDEM_RELEASE)
 
     def _acct(self, aid: str) -> str:
         return f"{self.p}:acct:{{{aid}}}"
@@ -214,11 +236,23 @@ class RedisStore(AccountStore):
         args += [account_id, h.maxlen if h else 1, h.global_maxlen if h else 0, len(vecs), *vecs]
         args += [len(record.coverage_bits), *record.coverage_bits]
         args += [len(record.sybil_pairs), *record.sybil_pairs]
-        keys = [key, f"{key}:usage", f"{key}:dstats", f"{key}:hist", f"{self.p}:hist", f"{key}:cov", f"{self.p}:sybil"]
+        a = record.idempotent
+        args += ["0"] if a is None else ["1", DONE + a.digest.encode() + b"|" + a.payload, a.ttl_ms]
+        keys = [key, f"{key}:usage", f"{key}:dstats", f"{key}:hist", f"{self.p}:hist", f"{key}:cov", f"{self.p}:sybil",
+                f"{key}:idem:{a.key_id if a else '-'}"]
         status, retry, *used = await self._commit(keys=keys, args=args)
         if not used:  # missing or revoked: no window was read
             return CommitResult(status, float(retry))
         return CommitResult(status, float(retry), int(used[0]), int(used[1]), float(used[2]))
+
+    @_unavailable
+    async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease_ms: int) -> IdempotencyClaim:
+        value = await self._idem_claim(keys=[f"{self._acct(account_id)}:idem:{key_id}"], args=[digest, lease_ms])
+        return read_claim(value or None, digest)
+
+    @_unavailable
+    async def idempotency_release(self, account_id: str, key_id: str) -> None:
+        await self._idem_release(keys=[f"{self._acct(account_id)}:idem:{key_id}"])
 
     @_unavailable
     async def window(self, account_id: str, limit: RateLimit) -> tuple[int, int, float]:
