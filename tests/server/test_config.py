@@ -97,3 +97,26 @@ def test_cli_lists_variables_and_prints_the_effective_config():
     bad = subprocess.run([sys.executable, "-m", "server.cli", "config"], capture_output=True, text=True,
                          env={**env, "HEIST_MAX_BATCH": "x"})
     assert bad.returncode == 2 and "HEIST_MAX_BATCH" in bad.stderr
+
+
+def test_config_validation_errors(tmp_path):
+    cfg = load_config(env={"REDIS_URL": "redis://h:1/0", "HEIST_MAX_BATCH": "8"})
+    assert cfg.redis_url == "redis://h:1/0" and cfg.max_batch == 8 and "free" in cfg.tiers
+    with pytest.raises(ConfigError, match=r"max_batch \(env HEIST_MAX_BATCH\)"):
+        load_config(env={"HEIST_MAX_BATCH": "zero"})
+    with pytest.raises(ConfigError, match="redis_url"):
+        load_config(env={"REDIS_URL": "http://nope"})
+    f = tmp_path / "c.json"
+    f.write_text('{"admin_token": "x"}')
+    with pytest.raises(ConfigError, match="must come from the environment"):
+        load_config(f, env={})
+    f.write_text('{"tiers": {"free": {"rate_limit": {"requests": 0}}}, "bogus": 1}')
+    with pytest.raises(ConfigError, match="bogus"):
+        load_config(f, env={})
+    f2 = tmp_path / "c.toml"
+    f2.write_text('max_images_per_request = 4\n[tiers.gold]\noutputs = ["representation", "projection"]\n')
+    assert load_config(f2, env={}).tiers["gold"].outputs == ("representation", "projection")
+    from server.app import create_app
+    f.write_text('{"tiers": {"x": {"defences": [{"name": "no-such-defence"}]}}}')
+    with pytest.raises(ConfigError, match="unknown defence 'no-such-defence'"):
+        create_app(load_config(f, env={}))

@@ -1,17 +1,12 @@
-"""Unit tests of each defence's math (pure functions; stores are the embedded and a real Redis)."""
+"""Unit tests of each defence's math (pure functions; the store they commit to: tests/server/test_store.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import math
-import secrets
 
 import numpy as np
 import pytest
-from conftest import cleanup_prefix  # noqa: I001
 
-from server.accounts import make_account
-from server.config import RateLimit
 from server.defences.b4b import (
     CoverageTracker,
     bitmap_to_bits,
@@ -26,8 +21,6 @@ from server.defences.keyed import image_digests, keyed_normal
 from server.defences.perturb import round_to, top_k
 from server.defences.pow import calibrated_bits
 from server.defences.profile import LegitProfile
-from server.store import HistoryAppend, RequestRecord, open_store
-from shared.transforms import keyed_rng, make_transform
 
 RNG = np.random.default_rng(0)
 
@@ -124,56 +117,3 @@ def test_pow_calibration_zero_inside_profile_and_grows_outside():
     assert d1 == pytest.approx(10 + 1.0)  # 10 points of coverage + 1 doubling of volume
     assert calibrated_bits(prof, 500, 0.1, 300)[1] == pytest.approx(50)  # 60 % similar vs 10 %
     assert calibrated_bits(prof, 10 ** 6, 1.0, 10 ** 6, max_bits=30)[0] == 30
-
-
-def test_binary_and_other_transforms_keyed():
-    y = RNG.normal(size=(20, 8)).astype(np.float32)
-    t = make_transform("binary", 8, keyed_rng(b"k", "a"), pad=4)
-    out = t.apply(y)
-    assert out.shape == (20, 12) and set(np.unique(out)) <= {-1.0, 1.0} and t.out_dim == 12
-    assert np.array_equal(out, make_transform("binary", 8, keyed_rng(b"k", "a"), pad=4).apply(y))
-    assert not np.array_equal(out, make_transform("binary", 8, keyed_rng(b"k", "b"), pad=4).apply(y))
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def store(request, redis_url):
-    prefix = "heist-dunit-" + secrets.token_hex(4)
-    s = open_store(redis_url if request.param == "redis" else None, prefix)
-    yield s
-    if request.param == "redis":
-        cleanup_prefix(redis_url, prefix)
-
-
-def test_store_commit_writes_history_bitmap_gauges_atomically(store):
-    async def go():
-        a, _ = make_account("h1", "free")
-        b, _ = make_account("h2", "free")
-        await store.add(a)
-        await store.add(b)
-        v = RNG.normal(size=(5, 4)).astype(np.float32)
-        rec = RequestRecord(images=5, counters={"similar_hits": 2}, gauges={"b4b_coverage": 0.25},
-                            history=HistoryAppend(v, maxlen=3, global_maxlen=100), coverage_bits=[3, 9, 81919],
-                            sybil_pairs=[f"{a.id}|{b.id}"])
-        assert (await store.commit(a.id, rec, RateLimit())).ok
-        h = await store.history_since(a.id, "0-0")
-        assert 3 <= len(h) <= 5 and np.allclose(np.frombuffer(h[-1].vector, "<f4"), v[-1])  # MAXLEN (~ on Redis)
-        assert [e.id for e in await store.history_since(a.id, h[0].id)] == [e.id for e in h[1:]]
-        g = await store.history_since(None, "0-0")
-        assert len(g) == 5 and {e.account for e in g} == {a.id}
-        bits = bitmap_to_bits(await store.coverage_bitmap(a.id), 81920)
-        assert list(np.flatnonzero(bits)) == [3, 9, 81919]
-        stats = await store.defence_stats(a.id)
-        assert stats["b4b_coverage"] == 0.25 and stats["coverage_bits"] == 3
-        assert (await store.usage(a.id)).counters == {"similar_hits": 2}
-        assert await store.sybil_pairs() == [(f"{a.id}|{b.id}", 1)]
-        # a refused commit (rate limited) writes nothing
-        full = RateLimit(window_s=60, requests=1)
-        rec2 = RequestRecord(images=1, counters={"similar_hits": 5}, history=HistoryAppend(v[:1], 3), coverage_bits=[1])
-        assert (await store.commit(a.id, rec2, full)).status == "rate_limited"
-        assert (await store.usage(a.id)).counters == {"similar_hits": 2}
-        assert (await store.defence_stats(a.id))["coverage_bits"] == 3
-        assert await store.spend_token("t1", 5) and not await store.spend_token("t1", 5)
-        await store.add_counters(a.id, {"pow_challenges": 1})
-        assert (await store.usage(a.id)).counters["pow_challenges"] == 1
-        await store.close()
-    asyncio.run(go())

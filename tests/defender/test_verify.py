@@ -14,7 +14,7 @@ activations:
 
 None of these tiny models has memorised its private data, so dataset inference must say
 "independent" for all of them here (its detection power is tested on controlled data in
-test_defender_stats.py; on the real victim see docs/defender.md).
+tests/defender/test_stats.py; on the real victim see docs/defender.md).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from shared.proc import run as run_child
 from shared.transforms import make_transform
 from shared.watermark import rotated_copies
 from testbed.services import start_server
+from tests.support import SERVER_TEST_CONFIG, Victim, cleanup_prefix, server_env
 
 SPEC = DataSpec(name="defender-test", splits={
     "train": SplitSpec(domain="photo", size=240), "test": SplitSpec(domain="photo", size=250),
@@ -318,8 +319,6 @@ def test_cli_verify_with_a_reference_encoder(zoo, tmp_path, capsys):
 def http_suspect_server(zoo, redis_url, tmp_path_factory):
     import secrets
 
-    from tests.conftest import SERVER_TEST_CONFIG, Victim, cleanup_prefix, server_env
-
     root = tmp_path_factory.mktemp("defender-http")
     cf = root / "server.json"
     cf.write_text(json.dumps({**SERVER_TEST_CONFIG, "max_images_per_request": 32, "max_batch": 64}))
@@ -333,6 +332,7 @@ def http_suspect_server(zoo, redis_url, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.live
 def test_http_suspect_end_to_end(zoo, http_suspect_server):
     _, key = http_suspect_server.new_account("unlimited")
     with HttpSuspect(http_suspect_server.url, key, request_batch=32) as s:
@@ -347,6 +347,7 @@ def test_http_suspect_end_to_end(zoo, http_suspect_server):
 
 
 @pytest.mark.slow
+@pytest.mark.live
 def test_http_errors_are_clear(zoo, http_suspect_server):
     url = http_suspect_server.url
     with pytest.raises(SuspectError, match="401|403|invalid|key"):

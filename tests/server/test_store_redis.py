@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from conftest import SERVER_TEST_CONFIG, Victim  # noqa: I001
 
 from shared.images import encode_image
+from tests.support import SERVER_TEST_CONFIG, Victim, wait_http
+
+pytestmark = pytest.mark.live
 
 IMGS = [encode_image(np.random.default_rng(i).integers(0, 256, (24, 24, 3), dtype=np.uint8)) for i in range(2)]
 
@@ -22,7 +24,6 @@ def test_two_processes_share_one_consistent_set_of_counters(server_factory, redi
     red = redis_server_factory()
     a = Victim(server_factory(red.url, "shared", wait=False), red.url, "shared")
     b = Victim(server_factory(red.url, "shared"), red.url, "shared")
-    from conftest import wait_http
     wait_http(a.url + "/readyz")
     aid, key = a.new_account("free")
     tid, tkey = b.new_account("tiny")  # 3 requests per window, created through the other replica

@@ -13,15 +13,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 import yaml
-from conftest import REPO, compose_env, free_port, wait_http
 
+from shared.images import encode_image
 from shared.proc import popen
 from shared.proc import run as run_child
 from shared.schemas import API_KEY_PREFIX
+from tests.support import REPO, SERVER_ADMIN_TOKEN, compose_env, free_port, wait_http
 
-ORDER = ["redis", "victim-api", "provision", "attacker", "suspect-api", "defender"]
+ORDER = ["redis", "victim-api", "provision", "attacker", "suspect-api", "defender"]  # the scenario's services
+LB = "lb"  # profile "lb": nginx in front of the victim-api replicas (tests/server/test_faults.py runs it natively)
 
 
 def _toposort(services: dict) -> list[str]:
@@ -42,7 +46,9 @@ def _toposort(services: dict) -> list[str]:
 def test_scenario_dependencies_and_profiles():
     spec = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     svc = spec["services"]
-    assert _toposort(svc) == ORDER
+    assert [n for n in _toposort(svc) if n != LB] == ORDER
+    assert svc[LB]["profiles"] == ["lb"] and svc[LB]["depends_on"] == {"victim-api": {"condition": "service_healthy"}}
+    assert "./deploy/nginx.conf:/etc/nginx/nginx.conf:ro" in svc[LB]["volumes"]
     assert {n for n, s in svc.items() if "heist" in s.get("profiles", [])} == {"provision", "attacker", "suspect-api", "defender"}
     cond = {n: {d: c["condition"] for d, c in s.get("depends_on", {}).items()} for n, s in svc.items()}
     assert cond["provision"] == {"victim-api": "service_healthy"}
@@ -62,10 +68,11 @@ def test_scenario_compose_config_valid():
                          capture_output=True, text=True, env=env, cwd=REPO)
     assert out.returncode == 0, out.stderr
     resolved = yaml.safe_load(out.stdout)["services"]
-    assert set(resolved) == set(ORDER)
+    assert set(resolved) == {*ORDER, LB}
 
 
 @pytest.mark.slow
+@pytest.mark.live
 @pytest.mark.timeout(600)
 def test_scenario_runs_natively(trained_victim, redis_server_factory, tmp_path, data_root):
     spec = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
@@ -133,3 +140,65 @@ def test_scenario_runs_natively(trained_victim, redis_server_factory, tmp_path, 
         for p in procs:
             p.terminate()
             p.wait(20)
+
+
+# ---- the default services (victim-api + redis), natively -------------------------------------------
+
+def _img() -> str:
+    return encode_image(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+
+
+def test_docker_compose_config_valid():
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose binary not installed here (CI installs it: .ci/run)")
+    env = {**os.environ, "HEIST_ADMIN_TOKEN": "x" * 32, "HEIST_SERVER_SECRET": "y" * 32}
+    out = subprocess.run([exe, "-f", str(REPO / "docker-compose.yml"), "config"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "victim-api" in out.stdout and "redis" in out.stdout and "healthcheck" in out.stdout
+
+
+@pytest.mark.live
+@pytest.mark.timeout(120)
+def test_compose_services_run_natively(tiny_checkpoint, redis_server_factory, tmp_path):
+    """Start what docker-compose.yml describes, natively: the redis service's redis-server, then the
+    victim-api command with the file's environment (secrets from env, REDIS_URL at the redis service),
+    and run both healthchecks. Only host names, ports and mount points are mapped to this machine."""
+    spec = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    api, red = spec["services"]["victim-api"], spec["services"]["redis"]
+    assert red["command"][0] == "redis-server" and "--appendonly" in red["command"]
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert any(v.endswith(":/checkpoints:ro") for v in api["volumes"]) and any(v.endswith(":/data") for v in api["volumes"])
+    with pytest.raises(AssertionError, match="HEIST_ADMIN_TOKEN"):  # refuses to start without the secret
+        compose_env(api["environment"]["HEIST_ADMIN_TOKEN"], {})
+    redis_srv = redis_server_factory()
+    probe = red["healthcheck"]["test"][1:]
+    out = subprocess.run(probe[:1] + ["-p", str(redis_srv.port)] + probe[1:], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "PONG"
+    host_env = {"HEIST_ADMIN_TOKEN": SERVER_ADMIN_TOKEN, "HEIST_SERVER_SECRET": "compose-secret-" + "s" * 16,
+                "HEIST_VICTIM": tiny_checkpoint.name, "HEIST_DEVICE": "cpu"}
+    env = {k: compose_env(str(v), host_env) for k, v in api["environment"].items()}
+    port = free_port()
+    env["REDIS_URL"] = env["REDIS_URL"].replace("redis://redis:6379", f"redis://127.0.0.1:{redis_srv.port}")
+    env["HEIST_CHECKPOINT"] = env["HEIST_CHECKPOINT"].replace("/checkpoints", str(tiny_checkpoint.parent))
+    env["HEIST_DATA_DIR"] = str(tmp_path)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HEIST_") and k != "REDIS_URL"},
+           **{k: v for k, v in env.items() if v != ""}, "HEIST_STORE_PREFIX": "compose"}
+    cmd = [sys.executable, "-m", "server.cli"] + api["command"][1:]
+    cmd[cmd.index("--port") + 1] = str(port)
+    cmd[cmd.index("--host") + 1] = "127.0.0.1"
+    log = (tmp_path / "api.log").open("w")
+    proc = popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/readyz", proc=proc)
+        check = [a.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for a in api["healthcheck"]["test"][1:]]
+        check[0] = sys.executable if check[0] == "python" else check[0]
+        assert subprocess.run(check, capture_output=True).returncode == 0
+        admin = {"Authorization": f"Bearer {SERVER_ADMIN_TOKEN}"}
+        key = httpx.post(url + "/v1/admin/accounts", json={"name": "c", "tier": "free"}, headers=admin).json()["api_key"]
+        r = httpx.post(url + "/v1/embeddings", json={"input": [_img()]}, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 32
+    finally:
+        proc.terminate()
+        proc.wait(15)

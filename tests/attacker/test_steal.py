@@ -6,7 +6,6 @@ with the server's per-account counters that nothing received before the kill was
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -18,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attacker.cache import QueryCache, account_fingerprint, image_ids
-from attacker.queries import acquire_sync, apply_map, drop_similar, fit_linear_map, load_query_set
+from attacker.cache import QueryCache
+from attacker.queries import acquire_sync, load_query_set
 from attacker.steal import StealConfig, train_stolen
 from shared.checkpoint import load_checkpoint
 from shared.losses import STEALING_LOSSES
 from shared.proc import popen
 from shared.proc import run as run_child
+from tests.support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -57,6 +56,7 @@ def _env(key: str, data_root: Path) -> dict:
     return {**os.environ, "HEIST_API_KEYS": key, "HEIST_DATA_DIR": str(data_root), "PYTHONUNBUFFERED": "1"}
 
 
+@pytest.mark.live
 def test_kill_and_resume_buys_nothing_twice(victim, tmp_path, data_root):
     acct, key = victim.new_account("unlimited")
     cache, out, n = tmp_path / "cache", tmp_path / "stolen", 480
@@ -92,6 +92,7 @@ def test_kill_and_resume_buys_nothing_twice(victim, tmp_path, data_root):
     assert _usage(victim, acct)["images"] == counted_at_kill + (n - at_kill)
 
 
+@pytest.mark.live
 def test_cli_errors_are_clear(victim, tmp_path, data_root):
     _, key = victim.new_account("free")
     base = [sys.executable, "-m", "attacker.cli", "steal", "--url", victim.url, "--out", str(tmp_path / "o"),
@@ -106,6 +107,7 @@ def test_cli_errors_are_clear(victim, tmp_path, data_root):
     assert r.returncode == 2 and "cifar10" in r.stderr
 
 
+@pytest.mark.live
 def test_sybils_with_linear_mapper_and_averaging(victim, tmp_path):
     _, k1 = victim.new_account("unlimited")
     _, k2 = victim.new_account("unlimited")
@@ -123,6 +125,7 @@ def test_sybils_with_linear_mapper_and_averaging(victim, tmp_path):
         np.testing.assert_allclose(avg.answers, single.answers[:8], rtol=1e-4, atol=1e-5)  # noise-free victim
 
 
+@pytest.mark.live
 def test_access_head_buys_projections(victim, tmp_path, data_root):
     _, key = victim.new_account("unlimited")
     r = run_child(_steal_cmd(victim.url, tmp_path / "s", tmp_path / "c", 64, "--mode", "access-head"),
@@ -144,42 +147,3 @@ def test_every_loss_trains(loss, mode):
     cfg = StealConfig(loss=loss, mode=mode, width=4, epochs=1, batch_size=32, aug_reuse=1 if loss == "mse" else 0)
     ck, hist = train_stolen(imgs, answers, cfg, labels, progress=False)
     assert ck.config.kind == "stolen" and len(hist["losses"]) == 1 and np.isfinite(hist["losses"][0])
-
-
-def test_cache_is_durable_and_keyed(tmp_path):
-    ids = image_ids(np.zeros((3, 4, 4, 3), np.uint8) + np.arange(3, dtype=np.uint8)[:, None, None, None])
-    assert len(set(ids)) == 3
-    a1, a2 = account_fingerprint("http://x", "k1"), account_fingerprint("http://x", "k2")
-    with QueryCache(tmp_path) as c:
-        c.put(a1, ids[:2], np.ones((2, 5), np.float32))
-        assert c._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    with QueryCache(tmp_path) as c:
-        assert set(c.get(a1, ids)) == set(ids[:2]) and c.get(a2, ids) == {}
-        assert c.count() == 2
-
-
-def test_linear_mapper_recovers_affine():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(100, 6)).astype(np.float32)
-    a, b = rng.normal(size=(6, 6)).astype(np.float32), rng.normal(size=6).astype(np.float32)
-    w, err = fit_linear_map(x @ a + b, x)
-    assert err < 1e-3
-    np.testing.assert_allclose(apply_map(w, x[:5] @ a + b), x[:5], atol=1e-3)
-
-
-def test_drop_similar_removes_near_copies():
-    rng = np.random.default_rng(2)
-    imgs = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
-    noisy = np.clip(imgs[:3].astype(int) + rng.integers(-3, 4, imgs[:3].shape), 0, 255).astype(np.uint8)
-    keep = drop_similar(np.concatenate([imgs, noisy]))
-    assert keep.tolist() == list(range(10))
-
-
-def test_report_json_written(tmp_path):
-    from attacker.measure import plot_accuracy, write_report
-
-    j, m = write_report(tmp_path, {"stolen": {"probe_shape": 0.5}, "victim_api": {"probe_shape": 0.55},
-                                   "ratio": {"probe_shape": 0.909}, "cost": {"queries": 10}, "command": "x"})
-    assert json.loads(j.read_text())["ratio"]["probe_shape"] == 0.909 and "0.909" in m.read_text()
-    p = plot_accuracy([{"loss": "mse", "queries": 10, "probe_shape": 0.5}], tmp_path / "p.png", 0.55)
-    assert p.stat().st_size > 1000

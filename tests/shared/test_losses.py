@@ -82,3 +82,10 @@ def test_shape_errors(fn):
 
 def test_registry_names():
     assert set(STEALING_LOSSES) == {"mse", "infonce", "softnn", "wasserstein", "supcon", "barlow", "simsiam"}
+
+
+def test_nt_xent_prefers_aligned_pairs():
+    a = torch.randn(32, 16)
+    assert nt_xent(a, a + 0.01 * torch.randn_like(a)) < nt_xent(a, torch.randn(32, 16))
+    with pytest.raises(ValueError):
+        nt_xent(a, a[:5])

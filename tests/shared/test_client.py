@@ -23,8 +23,9 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves annotatio
 
 from shared.client import ApiAuthError, ApiClient, ApiGiveUp, ApiRequestError, BudgetExceeded
 from testbed.services import ThreadedServer
+from tests.support import SERVER_TEST_CONFIG, RedisServer, Victim, cleanup_prefix
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.live]
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -77,11 +78,7 @@ def test_budget_stops_before_overspending(victim):
 
 
 @pytest.fixture(scope="module")
-def limited_server(server_factory, redis_url, victim):
-    from tests.conftest import SERVER_TEST_CONFIG, cleanup_prefix
-
-    Victim = type(victim)  # conftest's own class (re-importing conftest would draw another admin token)
-
+def limited_server(server_factory, redis_url):
     cfg = json.loads(json.dumps(SERVER_TEST_CONFIG))
     cfg["tiers"]["burst"] = {"rate_limit": {"window_s": 1, "requests": 2}}
     prefix = "heist-test-rl-" + secrets.token_hex(3)
@@ -112,11 +109,7 @@ def test_429_give_up_is_clear(limited_server):
         client.embed_sync(_images(10), batch_size=2)
 
 
-def test_503_store_outage_is_waited_out(redis_server_factory, server_factory, victim):
-    from tests.conftest import RedisServer
-
-    Victim = type(victim)
-
+def test_503_store_outage_is_waited_out(redis_server_factory, server_factory):
     r = redis_server_factory()
     v = Victim(server_factory(r.url, "heist-test-503"), r.url, "heist-test-503")
     acct, key = v.new_account("unlimited")
@@ -225,13 +218,9 @@ def test_pow_contract_app(workers):
         assert r.status_code == 428 and r.json()["challenge"]["difficulty"] == 12
 
 
-def test_pow_server_defence(server_factory, redis_url, victim):
+def test_pow_server_defence(server_factory, redis_url):
     """The server's own PoW gate (when the defences issue has registered it)."""
     from server.defences import REGISTRY
-    from tests.conftest import SERVER_TEST_CONFIG, cleanup_prefix
-
-    Victim = type(victim)
-
     if "pow" not in REGISTRY:
         pytest.skip("server has no 'pow' defence yet (covered by test_pow_contract_app)")
     cfg = json.loads(json.dumps(SERVER_TEST_CONFIG))

@@ -46,3 +46,12 @@ def test_compose_and_bad_input():
         ts[0].apply(np.ones((2, 5), np.float32))
     with pytest.raises(ValueError):
         make_transform("rotate", 4, keyed_rng(b"k"))
+
+
+def test_binary_and_other_transforms_keyed():
+    y = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    t = make_transform("binary", 8, keyed_rng(b"k", "a"), pad=4)
+    out = t.apply(y)
+    assert out.shape == (20, 12) and set(np.unique(out)) <= {-1.0, 1.0} and t.out_dim == 12
+    assert np.array_equal(out, make_transform("binary", 8, keyed_rng(b"k", "a"), pad=4).apply(y))
+    assert not np.array_equal(out, make_transform("binary", 8, keyed_rng(b"k", "b"), pad=4).apply(y))

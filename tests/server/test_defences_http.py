@@ -1,23 +1,19 @@
-"""Defences over real HTTP (``heist-server serve``, real uvicorn) and a real Redis: PoW refusal cases,
-a correct solution served once, keyed noise, similar-query noise and sybil pairs, B4B stats and
-per-account transforms, calibrated PoW from a profile file, serving obfuscation."""
+"""Defences over HTTP, in process (``create_app`` behind the ASGI transport, embedded store): PoW
+refusal cases, a correct solution served once, keyed noise, similar-query noise and sybil pairs, B4B
+stats and per-account transforms, calibrated PoW from a profile file; bad defence configs refused."""
 
 from __future__ import annotations
 
 import json
 import re
-import secrets
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, SERVER_ADMIN_TOKEN, Victim, cleanup_prefix, server_env  # noqa: I001
 
 from shared.images import encode_image
 from shared.pow import make_challenge, solve, work_of
-from shared.proc import run as run_child
 from shared.schemas import decode_embeddings
-from testbed.services import start_server
+from tests.support import InProcessApi
 
 RNG = np.random.default_rng(7)
 IMGS = [encode_image(RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(6)]
@@ -69,8 +65,7 @@ def _center_file(tiny_checkpoint, path):
 
 
 @pytest.fixture(scope="module")
-def dv(server_factory, redis_url, tmp_path_factory, tiny_checkpoint):
-    prefix = "heist-def-" + secrets.token_hex(4)
+def dv(tmp_path_factory, tiny_checkpoint):
     d = tmp_path_factory.mktemp("profile")
     prof = d / "legit.json"
     prof.write_text(json.dumps(PROFILE))
@@ -90,11 +85,8 @@ def dv(server_factory, redis_url, tmp_path_factory, tiny_checkpoint):
                 {"name": "pow", "params": {"profile": str(prof), "min_bits": 4, "max_bits": 6, "w_similar": 0}}]},
         },
     }
-    v = Victim(server_factory(redis_url, prefix, config=config), redis_url, prefix)
-    v.secret = ("test-secret-" + prefix).encode()
-    yield v
-    v.admin.close()
-    cleanup_prefix(redis_url, prefix)
+    with InProcessApi(tiny_checkpoint, config) as v:  # v.secret: the server secret (to forge and expire challenges)
+        yield v
 
 
 def _stats(v, aid) -> dict:
@@ -210,17 +202,6 @@ def test_calibrated_pow_free_inside_profile_then_charged(dv):
     assert s["pow_bits"] == ch["difficulty"] and s["pow_deviation"] > 0 and s["pow_bits_paid"] == ch["difficulty"]
 
 
-def test_accounts_show_prints_defence_stats(dv):
-    aid, key = dv.new_account("sim", name="cli-defence-user")
-    _post(dv.client(key), _body(IMGS[0], IMGS[0]))
-    env = server_env(dv.redis_url, dv.prefix)
-    out = run_child([sys.executable, "-m", "server.cli", "accounts", "show", "cli-defence-user"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    info = json.loads(out.stdout)
-    assert info["id"] == aid and info["defences"]["similar_hits"] == 1 and info["defences"]["history"] == 2
-
-
 def test_bad_defence_config_is_a_clear_error(tmp_path):
     from server.app import create_app
     from server.config import ConfigError, load_config
@@ -242,31 +223,3 @@ def test_bad_defence_config_is_a_clear_error(tmp_path):
     f.write_text(json.dumps({"tiers": {"x": {"defences": [{"name": "pow", "params": {"profile": str(prof)}}]}}}))
     with pytest.raises(ConfigError, match="needs the b4b defence"):
         create_app(load_config(f, env={}))
-
-
-def test_serving_obfuscation_pad_shuffle(server_factory, tiny_checkpoint):
-    prefix = "heist-obf-" + secrets.token_hex(3)
-    sp = server_factory(None, prefix, config={"tiers": {"unlimited": {"outputs": ["representation", "projection"]}}})
-    plain = Victim(sp, None, prefix)
-    port_args = ["--obfuscate", "pad_shuffle", "--obfuscation-seed", "3", "--obfuscation-pad", "8"]
-    obf_server = start_server(tiny_checkpoint, server_env(None, prefix), tiny_checkpoint.parent / f"obf-{prefix}.log",
-                              args=port_args, timeout_s=90)
-    port = obf_server.port
-    try:
-        import httpx
-        m = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]
-        assert m["representation_dim"] == 40 and m["projection_dim"] == 16 + 8
-        admin = {"Authorization": f"Bearer {SERVER_ADMIN_TOKEN}"}
-        key = httpx.post(f"http://127.0.0.1:{port}/v1/admin/accounts", json={"name": "o", "tier": "unlimited"}, headers=admin).json()["api_key"]
-        _, pkey = plain.new_account("unlimited")
-        obf = decode_embeddings(httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": IMGS[:2]},
-                                           headers={"Authorization": f"Bearer {key}"}).json())
-        ref = decode_embeddings(_post(plain.client(pkey), _body(*IMGS[:2])).json())
-        assert obf.shape == (2, 40)
-        for row, r in zip(obf, ref, strict=True):  # the 32 true values are all there, shuffled among 8 pads
-            assert all(np.isclose(row, v, atol=1e-5).any() for v in r)
-        again = decode_embeddings(httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": IMGS[:2]},
-                                             headers={"Authorization": f"Bearer {key}"}).json())
-        assert np.array_equal(obf, again)
-    finally:
-        obf_server.stop()

@@ -1,0 +1,60 @@
+"""API keys and the admin endpoints: missing, wrong and revoked keys, the admin guard, account
+listing and errors (in process); keys stored only as hashes in a live server's Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from shared.images import encode_image
+from tests.support import SERVER_ADMIN_TOKEN
+from tests.support import assert_error as _err
+
+RNG = np.random.default_rng(1)
+
+
+def _img(h=40, w=48) -> str:
+    return encode_image(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_missing_wrong_revoked_keys(api):
+    body = {"input": [_img()]}
+    _err(api.client(None).post("/v1/embeddings", json=body), 401, "authentication_error", None, "missing API key")
+    _err(api.client("heist_" + "x" * 43).post("/v1/embeddings", json=body), 401, "authentication_error", None, "invalid API key")
+    _err(api.client(headers={"Authorization": "Basic dXNlcjpwYXNz"}).post("/v1/embeddings", json=body),
+         401, "authentication_error")
+    aid, key = api.new_account("free")
+    with api.client(key) as c:
+        assert c.post("/v1/embeddings", json=body).status_code == 200
+        info = api.admin.post(f"/v1/admin/accounts/{aid}/revoke").json()
+        assert info["revoked"] is True and info["usage"]["requests"] == 1
+        _err(c.post("/v1/embeddings", json=body), 403, "permission_error", None, "revoked")
+
+
+def test_admin_endpoints_guarded(api):
+    _err(api.client(None).get("/v1/admin/accounts"), 401, "authentication_error", None, "admin token")
+    _err(api.client(SERVER_ADMIN_TOKEN[:-1] + "x").get("/v1/admin/accounts"), 401, "authentication_error")
+    aid, key = api.new_account("free", name="listed-user")
+    _err(api.client(key).get("/v1/admin/accounts"), 401, "authentication_error")
+    rows = api.admin.get("/v1/admin/accounts").json()["data"]
+    assert any(r["id"] == aid and r["name"] == "listed-user" for r in rows)
+    assert all("key" not in json.dumps(r).lower() or "key_hash" not in r for r in rows)
+    assert api.admin.get("/v1/admin/accounts/listed-user").json()["id"] == aid
+    _err(api.admin.get("/v1/admin/accounts/acct_nope"), 404, "not_found")
+    _err(api.admin.post("/v1/admin/accounts", json={"name": "listed-user", "tier": "free"}), 409, "conflict", "name")
+    _err(api.admin.post("/v1/admin/accounts", json={"name": "z", "tier": "platinum"}), 422, "invalid_request_error", "tier")
+
+
+@pytest.mark.live
+def test_keys_stored_only_as_hashes(victim):
+    import redis
+
+    aid, key = victim.new_account("free")
+    r = redis.Redis.from_url(victim.redis_url, decode_responses=True)
+    dump = json.dumps({k: r.hgetall(k) if r.type(k) == "hash" else r.get(k) if r.type(k) == "string" else None
+                       for k in r.scan_iter(match=f"{victim.prefix}:*")})
+    assert key not in dump and key[6:] not in dump
+    assert hashlib.sha256(key.encode()).hexdigest() in dump
