@@ -240,7 +240,7 @@ def calibrate(di: DatasetInferenceResult, references: list[DatasetInferenceResul
     left is what the suspect's density says about an image beyond how typical it is anyway.
 
     Under independence the pooled fit is symmetric in the labels, so private and public residuals
-    stay exchangeable and the p-value keeps its level (tests/test_defender_stats.py checks the
+    stay exchangeable and the p-value keeps its level (tests/defender/test_stats.py checks the
     false-positive rate). The raw test is kept in ``t_uncalibrated`` / ``p_uncalibrated``.
     """
     if not references:

@@ -12,7 +12,7 @@ attacker and defender process (``bench/import_time.py``). These classes keep tor
 parameter names, forward pass and weight initialisation, including the random-number stream of
 its constructor (the discarded width-64 layout is built first, as ``ResNet.__init__`` does), so a
 seed gives bit-identical weights and every checkpoint loads unchanged;
-``tests/test_checkpoint.py`` checks both against torchvision itself.
+``tests/shared/test_models.py`` checks both against torchvision itself.
 """
 
 from __future__ import annotations
