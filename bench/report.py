@@ -547,8 +547,29 @@ def defences() -> str:
   the core the inference thread needs."""
 
 
+def reliability() -> str:
+    s = load("reliability/soak")
+    c, t = s["checks"], s["totals"]
+    verdict = ", ".join(f"{k.replace('_', ' ')}: {'yes' if v else '**no**'}" for k, v in c["pass"].items())
+    return f"""## Reliability: a long soak
+
+`{s["command"]}` ({src("reliability/soak.json")}, plot `results/reliability/{s["plot"]}`): one server
+on a private Redis persisted with AOF, {s["concurrency"]} keep-alive connections for
+{s["duration_s"] / 60:.0f} minutes, {s["images_per_request"]} images per request, spread over four tiers (plain,
+keyed noise, proof of work at a fixed difficulty, and a tight rate limit).
+
+{md_table(["answered", "200", "429 (tight tier)", "PoW challenges solved", "unexpected"],
+          [[f"{t['answered']:,}", f"{t['ok']:,}", f"{t['rate_limited']:,}", f"{t['pow_solved']:,}", str(t["unexpected"])]])}
+
+After the warm-up the server's RSS went from {c["rss_from_mib"]:.1f} to {c["rss_to_mib"]:.1f} MiB
+({100 * c["rss_growth"]:+.1f}%), its open descriptors from {c["fds_from"]} to {c["fds_to"]}, and the p99 of the
+last quarter of the run was {c["p99_ratio_tail_to_head"]:.2f}x that of the first quarter after the warm-up.
+Checks ({verdict})."""
+
+
 def page() -> str:
-    body = "\n\n".join([intro(), training(), cpus(), api(), stealing(), tradeoff(), zoo(), di_null(), earlier(), defences()])
+    body = "\n\n".join([intro(), training(), cpus(), api(), stealing(), tradeoff(), zoo(), di_null(), earlier(), defences(),
+                        reliability()])
     return body.replace(ZOO_COMMANDS_PLACEHOLDER, ZOO_COMMANDS) + "\n"
 
 
@@ -613,6 +634,8 @@ INDEX: list[tuple[str, str, str]] = [
     ("defender/earlier/zoo*.md", "its table and confusion", "bench.zoo"),
     ("defender/earlier/zoo*.png", "its p-values per suspect", "bench.zoo"),
     ("defender/earlier/di_null*.json", "dataset inference's null on the earlier `runs/di5` victim", "bench.di_null"),
+    ("reliability/soak.json", "10-minute soak: answers per status, RSS, descriptors and p99 every 10 s", "bench.soak"),
+    ("reliability/soak.png", "its plot", "bench.soak"),
     ("cpu/matrix.json", "raw training step per oneDNN instruction-set cap and workaround mode", "bench.cpu_matrix"),
     ("cpu/matrix.md", "its table (README's CPU block reads the JSON)", "bench.cpu_matrix"),
     ("cpu/train_throughput_*_w*.json", "one cell of the CPU matrix", "bench.cpu_matrix"),

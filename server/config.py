@@ -146,9 +146,10 @@ class ServerConfig(BaseSettings):
     idempotency_ttl_s: float = Field(default=600, gt=0, le=7 * 86400, description=(
         "how long the answer of a request sent with an Idempotency-Key is kept for its retries (they get it "
         "again, uncharged); the store holds rows x dim x 4 bytes per such request for this long"))
-    idempotency_lease_s: float = Field(default=60, gt=0, le=3600, description=(
+    idempotency_lease_s: float = Field(default=10, gt=0, le=3600, description=(
         "how long a running request holds its Idempotency-Key; a retry meanwhile gets 409 "
-        "idempotency_in_progress. Longer than any request takes"))
+        "idempotency_in_progress. A request still running after it counts nothing if a retry took the "
+        "key over (its client gets 409), so a short lease only delays retries after a crash"))
     store_retry_after_s: int = Field(default=2, ge=1, description="Retry-After of a 503 when the store is unreachable")
     # accounts / policy
     tiers: dict[str, TierConfig] = Field(default_factory=default_tiers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from typing import Any, Literal
 
 import anyio
@@ -84,7 +85,7 @@ async def embeddings(payload: EmbeddingRequest, request: Request, state: StateDe
     key = _idempotency_key(request)
     if key is None:
         return await _serve(payload, request, state, account, pipeline, raw, None)
-    claim = (hashlib.sha256(key.encode()).hexdigest(), hashlib.sha256(raw).hexdigest())
+    claim = (hashlib.sha256(key.encode()).hexdigest(), hashlib.sha256(raw).hexdigest(), secrets.token_hex(8))
     held = await state.store.idempotency_claim(account.id, *claim, int(config.idempotency_lease_s * 1000))
     if held.state == "done":  # a retry of a committed request: the same answer, not counted again
         state.metrics.defence.labels(account.tier, "idempotent_replay").inc()
@@ -99,12 +100,12 @@ async def embeddings(payload: EmbeddingRequest, request: Request, state: StateDe
         return await _serve(payload, request, state, account, pipeline, raw, claim)
     except BaseException:
         with anyio.CancelScope(shield=True):  # a committed request keeps its answer; a failed one frees the key
-            await state.store.idempotency_release(account.id, claim[0])
+            await state.store.idempotency_release(account.id, *claim)
         raise
 
 
 async def _serve(payload: EmbeddingRequest, request: Request, state: ServerState, account: Account,
-                 pipeline: DefencePipeline, raw: bytes, claim: tuple[str, str] | None) -> Response:
+                 pipeline: DefencePipeline, raw: bytes, claim: tuple[str, str, str] | None) -> Response:
     """Gate, decode, infer, transform, commit (with the answer kept for retries when ``claim``)."""
     config = state.config
     n = len(payload.input)
@@ -135,7 +136,8 @@ async def _serve(payload: EmbeddingRequest, request: Request, state: ServerState
     if state.obfuscator is not None:
         out = state.obfuscator.apply(payload.output, out, dreq.digests(images))
     if claim is not None:
-        dreq.record.idempotent = IdempotentAnswer(*claim, _pack(out), int(config.idempotency_ttl_s * 1000))
+        key_id, digest, lease = claim
+        dreq.record.idempotent = IdempotentAnswer(key_id, digest, _pack(out), int(config.idempotency_ttl_s * 1000), lease)
     result = await state.store.commit(account.id, dreq.record, pipeline.rate_limit)
     limit_headers = rate_limit_headers(pipeline.rate_limit, result.requests, result.images, result.reset_s)
     if result.status == "rate_limited":
@@ -144,5 +146,8 @@ async def _serve(payload: EmbeddingRequest, request: Request, state: ServerState
         raise ApiError(403, "permission_error", "API key revoked")
     if result.status == "missing":
         raise ApiError(401, "authentication_error", "invalid API key")
+    if result.status == "superseded":  # this request outlived its lease and a retry holds the key now
+        raise ApiError(409, "idempotency_in_progress", f"a retry of this request holds its {IDEMPOTENCY_HEADER} now",
+                       param=IDEMPOTENCY_HEADER, retry_after=1)
     state.metrics.images.labels(payload.output, account.tier).inc(n)
     return _answer(state.model_id, out, payload.encoding_format, limit_headers)

@@ -46,12 +46,18 @@ class IdempotentAnswer:
     """What a request with an ``Idempotency-Key`` leaves for its retries: the answer it committed.
 
     ``key_id``: sha256 of the client's key (hex); ``digest``: sha256 of the request body (hex);
-    ``payload``: the served answer, encoded by the route; kept ``ttl_ms``."""
+    ``payload``: the served answer, encoded by the route; kept ``ttl_ms``; ``lease``: the token of this
+    request's claim: the commit counts nothing when the key is no longer held under it (the lease ran
+    out and a retry took the key over), so a slow request and its retry are never both counted."""
 
     key_id: str
     digest: str
     payload: bytes
     ttl_ms: int
+    lease: str
+
+    def pending(self) -> bytes:
+        return pending_value(self.digest, self.lease)
 
 
 @dataclass(frozen=True)
@@ -67,12 +73,17 @@ class IdempotencyClaim:
 PENDING, DONE = b"pending|", b"done|"
 
 
+def pending_value(digest: str, lease: str) -> bytes:
+    """The stored value of a running request's claim."""
+    return PENDING + f"{digest}|{lease}".encode()
+
+
 def read_claim(value: bytes | None, digest: str) -> IdempotencyClaim:
     """The claim a stored idempotency value gives a request with body ``digest`` (None: no value)."""
     if value is None:
         return IdempotencyClaim("new")
     if value.startswith(PENDING):
-        same = value[len(PENDING):].decode() == digest
+        same = value[len(PENDING):].split(b"|", 1)[0].decode() == digest
         return IdempotencyClaim("pending" if same else "mismatch")
     stored, _, payload = value[len(DONE):].partition(b"|")
     return IdempotencyClaim("done", payload) if stored.decode() == digest else IdempotencyClaim("mismatch")
@@ -122,7 +133,7 @@ class CommitResult:
     """``requests``/``images``: the account's use of its rate-limit window after this commit (or at the
     refusal), ``reset_s``: seconds until that window ends (the ``x-ratelimit-*`` headers)."""
 
-    status: Literal["ok", "rate_limited", "revoked", "missing"]
+    status: Literal["ok", "rate_limited", "revoked", "missing", "superseded"]
     retry_after: float = 0.0
     requests: int = 0
     images: int = 0
@@ -176,12 +187,13 @@ class AccountStore(ABC):
         """Atomically: re-check revocation and rate limit, then count the request."""
 
     @abstractmethod
-    async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease_ms: int) -> IdempotencyClaim:
-        """Atomically: take the key for ``lease_ms`` when nobody holds it, else say who does."""
+    async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease: str,
+                                lease_ms: int) -> IdempotencyClaim:
+        """Atomically: take the key under token ``lease`` for ``lease_ms`` when nobody holds it, else say who does."""
 
     @abstractmethod
-    async def idempotency_release(self, account_id: str, key_id: str) -> None:
-        """Drop a lease that did not end in a commit (the request failed; a retry may run)."""
+    async def idempotency_release(self, account_id: str, key_id: str, digest: str, lease: str) -> None:
+        """Drop this request's claim when it did not end in a commit (the request failed; a retry may run)."""
 
     @abstractmethod
     async def window(self, account_id: str, limit: RateLimit) -> tuple[int, int, float]:

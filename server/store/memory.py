@@ -14,7 +14,6 @@ from server.store.base import (
     COVERAGE_BITS,
     DONE,
     HISTORY_LEN,
-    PENDING,
     AccountExists,
     AccountStore,
     CommitResult,
@@ -23,6 +22,7 @@ from server.store.base import (
     RequestRecord,
     entry_after,
     over_limit,
+    pending_value,
     read_claim,
     window_state,
 )
@@ -100,6 +100,10 @@ class MemoryStore(AccountStore):
                 return CommitResult("missing")
             if acct.revoked:
                 return CommitResult("revoked")
+            if record.idempotent is not None:
+                held = self._idem.get((account_id, record.idempotent.key_id))
+                if held is not None and held[0] > self._clock() and held[1] != record.idempotent.pending():
+                    return CommitResult("superseded")
             used, retry = self._window(account_id, limit)
             if over_limit(limit, used[0], used[1], record.images):
                 return CommitResult("rate_limited", retry, used[0], used[1], retry)
@@ -127,7 +131,8 @@ class MemoryStore(AccountStore):
                                                       DONE + a.digest.encode() + b"|" + a.payload)
             return CommitResult("ok", 0.0, used[0], used[1], retry)
 
-    async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease_ms: int) -> IdempotencyClaim:
+    async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease: str,
+                                lease_ms: int) -> IdempotencyClaim:
         with self._lock:
             now = self._clock()
             if len(self._idem) > 4096:  # drop expired entries now and then
@@ -135,13 +140,13 @@ class MemoryStore(AccountStore):
             held = self._idem.get((account_id, key_id))
             value = held[1] if held is not None and held[0] > now else None
             if value is None:
-                self._idem[(account_id, key_id)] = (now + lease_ms / 1000, PENDING + digest.encode())
+                self._idem[(account_id, key_id)] = (now + lease_ms / 1000, pending_value(digest, lease))
             return read_claim(value, digest)
 
-    async def idempotency_release(self, account_id: str, key_id: str) -> None:
+    async def idempotency_release(self, account_id: str, key_id: str, digest: str, lease: str) -> None:
         with self._lock:
             held = self._idem.get((account_id, key_id))
-            if held is not None and held[1].startswith(PENDING):
+            if held is not None and held[1] == pending_value(digest, lease):
                 del self._idem[(account_id, key_id)]
 
     async def window(self, account_id: str, limit: RateLimit) -> tuple[int, int, float]:

@@ -16,9 +16,11 @@ account's keys live in one Redis Cluster slot and its Lua scripts stay single-sl
 - ``P:hist``                 STREAM global history (fields ``a`` account id, ``z``), for the sybil index
 - ``P:sybil``                ZSET  ``acct_a|acct_b`` -> how many images both sent
 - ``P:pow:<sha256(token)>``  STRING spent PoW token (``SET NX`` with TTL until the token expires)
-- ``P:acct:{id}:idem:<k>``   STRING ``pending|<body sha256>`` while a request with Idempotency-Key
-                                   sha256 ``k`` runs (a lease), then ``done|<body sha256>|<answer>``,
-                                   written by the commit script itself (TTL ``idempotency_ttl_s``)
+- ``P:acct:{id}:idem:<k>``   STRING ``pending|<body sha256>|<lease>`` while a request with Idempotency-Key
+                                   sha256 ``k`` runs (TTL ``idempotency_lease_s``), then
+                                   ``done|<body sha256>|<answer>``, written by the commit script itself
+                                   (TTL ``idempotency_ttl_s``); the commit counts nothing when the key
+                                   is held under another lease
 
 Every write of one request (usage, window, gauges, history, bitmap, sybil pairs) is ONE Lua script.
 The global stream and the sybil ZSET are not hash-tagged by account: on Redis Cluster they would go
@@ -52,6 +54,7 @@ from server.store.base import (
     IdempotencyClaim,
     RequestRecord,
     StoreUnavailable,
+    pending_value,
     read_claim,
 )
 from shared.schemas import AccountUsage
@@ -93,6 +96,11 @@ _COMMIT = """
 local st = redis.call('HGET', KEYS[1], 'revoked')
 if not st then return {'missing', '0'} end
 if st == '1' then return {'revoked', '0'} end
+local na = #ARGV
+if ARGV[na] ~= '0' then  -- idempotent: count only while this request still holds its key
+  local cur = redis.call('GET', KEYS[8])
+  if cur and cur ~= ARGV[na] then return {'superseded', '0'} end
+end
 """ + _WINDOW + """
 if over then return {'rate_limited', tostring(retry), tostring(rq), tostring(im), tostring(retry)} end
 redis.call('HINCRBY', rk, 'requests', 1)
@@ -122,13 +130,12 @@ return {'ok', '0', tostring(rq + 1), tostring(im + n), tostring(retry)}
 
 _IDEM_CLAIM = """
 local v = redis.call('GET', KEYS[1])
-if not v then redis.call('SET', KEYS[1], 'pending|' .. ARGV[1], 'PX', ARGV[2]) return false end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return false end
 return v
 """
 
 _IDEM_RELEASE = """
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, 8) == 'pending|' then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
@@ -237,7 +244,7 @@ class RedisStore(AccountStore):
         args += [len(record.coverage_bits), *record.coverage_bits]
         args += [len(record.sybil_pairs), *record.sybil_pairs]
         a = record.idempotent
-        args += ["0"] if a is None else ["1", DONE + a.digest.encode() + b"|" + a.payload, a.ttl_ms]
+        args += ["0"] if a is None else ["1", DONE + a.digest.encode() + b"|" + a.payload, a.ttl_ms, a.pending()]
         keys = [key, f"{key}:usage", f"{key}:dstats", f"{key}:hist", f"{self.p}:hist", f"{key}:cov", f"{self.p}:sybil",
                 f"{key}:idem:{a.key_id if a else '-'}"]
         status, retry, *used = await self._commit(keys=keys, args=args)
@@ -246,13 +253,15 @@ class RedisStore(AccountStore):
         return CommitResult(status, float(retry), int(used[0]), int(used[1]), float(used[2]))
 
     @_unavailable
-    async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease_ms: int) -> IdempotencyClaim:
-        value = await self._idem_claim(keys=[f"{self._acct(account_id)}:idem:{key_id}"], args=[digest, lease_ms])
+    async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease: str,
+                                lease_ms: int) -> IdempotencyClaim:
+        value = await self._idem_claim(keys=[f"{self._acct(account_id)}:idem:{key_id}"],
+                                       args=[pending_value(digest, lease), lease_ms])
         return read_claim(value or None, digest)
 
     @_unavailable
-    async def idempotency_release(self, account_id: str, key_id: str) -> None:
-        await self._idem_release(keys=[f"{self._acct(account_id)}:idem:{key_id}"])
+    async def idempotency_release(self, account_id: str, key_id: str, digest: str, lease: str) -> None:
+        await self._idem_release(keys=[f"{self._acct(account_id)}:idem:{key_id}"], args=[pending_value(digest, lease)])
 
     @_unavailable
     async def window(self, account_id: str, limit: RateLimit) -> tuple[int, int, float]:

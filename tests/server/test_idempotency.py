@@ -80,7 +80,7 @@ def test_a_running_request_holds_its_key(idem_api):
     api = idem_api
     aid, key = api.new_account("free")
     body = _body()
-    claim = (hashlib.sha256(b"busy").hexdigest(), hashlib.sha256(body).hexdigest())
+    claim = (hashlib.sha256(b"busy").hexdigest(), hashlib.sha256(body).hexdigest(), "other-request")
     held = asyncio.run(api.state.store.idempotency_claim(aid, *claim, 60_000)) if api.state.store.backend == "embedded" \
         else api._tc.portal.call(api.state.store.idempotency_claim, aid, *claim, 60_000)
     assert held.state == "new"
@@ -115,3 +115,34 @@ def test_malformed_keys(api, key):
     except UnicodeEncodeError:  # httpx refuses a non-ASCII header value itself
         return
     assert_error(r, 400, "invalid_request_error", "Idempotency-Key")
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+def test_a_request_that_outlived_its_lease_counts_nothing(backend, redis_url):
+    """A slow request whose lease ran out while a retry took the key over commits nothing."""
+    from server.accounts import make_account
+    from server.config import RateLimit
+    from server.store import IdempotentAnswer, RequestRecord
+    from server.store.memory import MemoryStore
+    from server.store.redis_backend import RedisStore
+
+    async def go() -> None:
+        store = MemoryStore() if backend == "embedded" else RedisStore(redis_url, prefix="test-lease-" + secrets.token_hex(4))
+        acct, _ = make_account("slow-" + secrets.token_hex(3), "free")
+        await store.add(acct)
+        assert (await store.idempotency_claim(acct.id, "k", "d", "slow", 50)).state == "new"
+        await asyncio.sleep(0.2)  # the slow request's lease runs out
+        assert (await store.idempotency_claim(acct.id, "k", "d", "retry", 10_000)).state == "new"
+        slow = await store.commit(acct.id, RequestRecord(images=2, idempotent=IdempotentAnswer("k", "d", b"1,1|abcd", 60_000, "slow")),
+                                  RateLimit())
+        assert slow.status == "superseded"
+        await store.idempotency_release(acct.id, "k", "d", "slow")  # not its claim any more: kept
+        assert (await store.idempotency_claim(acct.id, "k", "d", "third", 10_000)).state == "pending"
+        retry = await store.commit(acct.id, RequestRecord(images=2, idempotent=IdempotentAnswer("k", "d", b"1,1|abcd", 60_000, "retry")),
+                                   RateLimit())
+        assert retry.status == "ok"
+        assert (await store.usage(acct.id)).images == 2
+        assert (await store.idempotency_claim(acct.id, "k", "d", "fourth", 10_000)).payload == b"1,1|abcd"
+        await store.close()
+
+    asyncio.run(go())
