@@ -140,7 +140,10 @@ class ServerConfig(BaseSettings):
     max_image_pixels: int = Field(default=4096 * 4096, ge=1, description="larger decoded images: 400 (decompression bombs)")
     allowed_formats: tuple[str, ...] = Field(default=FORMATS, description="image formats accepted (JSON list in env)")
     # store
-    redis_url: str | None = Field(default=None, description="redis:// URL; None = embedded in-process store (one process only)")
+    redis_url: str | None = Field(default=None, description=(
+        "redis:// (rediss://, unix://) URL of one Redis, or redis+cluster:// (rediss+cluster://) URL of any node of "
+        "a Redis Cluster (one atomic script per account's slot, global sybil writes a second step: docs/scaling.md); "
+        "None = embedded in-process store (one process only)"))
     store_prefix: str = Field(default="heist", pattern=r"^[A-Za-z0-9_.:-]+$", description="prefix of every Redis key")
     store_timeout_s: float = Field(default=1.0, gt=0, le=30, description="Redis socket timeout; beyond it, 503")
     idempotency_ttl_s: float = Field(default=600, gt=0, le=7 * 86400, description=(
@@ -183,8 +186,8 @@ class ServerConfig(BaseSettings):
     def _redis(cls, v: str | None) -> str | None:
         if v in (None, ""):
             return None
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if not v.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")):
+            raise ValueError("must be a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL")
         return v
 
     @model_validator(mode="after")
