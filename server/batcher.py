@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from server.gpu import DeviceForward
 from shared.checkpoint import Checkpoint
 
 log = logging.getLogger("heist.batcher")
@@ -99,7 +100,8 @@ def _resolve(outcomes: list[tuple[asyncio.Future, bool, object]]) -> None:
 class Batcher:
     def __init__(self, model: Checkpoint, device: torch.device, max_batch: int = 64, max_wait_ms: float = 5.0,
                  max_queue_images: int = 4096, on_batch: Callable[[int, float], None] | None = None,
-                 jit: bool = False) -> None:
+                 jit: bool = False, cuda_graphs: bool = True, gpu_dtype: str = "bfloat16",
+                 gpu_bf16_tolerance: float = 0.02) -> None:
         self.model = model
         self.device = device
         self.max_batch = max_batch
@@ -114,7 +116,11 @@ class Batcher:
         if self._cuda:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub of Module.to lacks memory_format
         self.encoder, self.head = self.model.encoder, self.model.head
-        self.jit = jit and not self._cuda  # on CUDA, autocast + channels_last already do the work
+        self.jit = jit and not self._cuda  # on CUDA: server.gpu (graph replay per batch, uint8 upload)
+        self._gpu: DeviceForward | None = None
+        if self._cuda:  # cuda_graphs / gpu_dtype matter only here: the CPU path below is unchanged
+            self._gpu = DeviceForward(self.encoder, self.head, device, model.config.input_size, max_batch,
+                                      dtype=gpu_dtype, graphs=cuda_graphs, bf16_tolerance=gpu_bf16_tolerance)
         self._served: dict[bool, torch.nn.Module] = {}
         if self.jit:  # one frozen module per output set: representations, and with the head's projections
             self._served[False] = serving_module(self.model, projections=False)
@@ -241,20 +247,20 @@ class Batcher:
         head = self.head if projections else None
         want_proj = head is not None
         for s in range(0, len(images), self.max_batch):
+            if self._gpu is not None:  # CUDA: one graph replay (or eager pass) per chunk, numpy in and out
+                r, p = self._gpu(images[s:s + self.max_batch], want_proj)
+                reps.append(r)
+                if p is not None:
+                    projs.append(p)
+                continue
             x = torch.from_numpy(images[s:s + self.max_batch])
             if self.jit:
                 y, z = self._served[want_proj](x)
                 z = z if want_proj else None
             else:
                 x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-                if self._cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        y = self.encoder(x)
-                        z = head(y) if head is not None else None
-                else:
-                    y = self.encoder(x)
-                    z = head(y) if head is not None else None
+                y = self.encoder(x)
+                z = head(y) if head is not None else None
             reps.append(y.float().cpu().numpy())
             if z is not None:
                 projs.append(z.float().cpu().numpy())

@@ -105,6 +105,16 @@ class ServerConfig(BaseSettings):
                          "each decoding, defending and running the model; more than 1 needs redis_url")
     jit: bool = Field(default=True, description="on CPU, serve a TorchScript-traced, frozen copy of the encoder and head "
                                                 "(same weights, outputs equal to ~1e-6); false = eager PyTorch")
+    cuda_graphs: bool = Field(default=True, description=(
+        "on a CUDA device, capture one CUDA graph per bucketed batch size (powers of two up to max_batch; a batch "
+        "is padded to its bucket) and replay it: one call per batch instead of one kernel launch per layer from "
+        "Python, each retaking the GIL. false = eager forward (same buffers and padding). Ignored on CPU"))
+    gpu_dtype: Literal["float32", "bfloat16"] = Field(default="bfloat16", description=(
+        "on a CUDA device, the forward pass's precision: bfloat16 = bf16 autocast (checked at startup against "
+        "float32 on random inputs, see gpu_bf16_tolerance), float32 = full precision. Ignored on CPU"))
+    gpu_bf16_tolerance: float = Field(default=0.02, gt=0, le=1, description=(
+        "with gpu_dtype bfloat16: the largest per-row relative L2 error of bf16 answers against float32 "
+        "accepted by the startup check on 8 random images; above it the server refuses to start"))
     # batching
     max_batch: int = Field(default=64, ge=1, le=4096, description="most images in one forward pass (micro-batch)")
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000, description="how long a micro-batch waits to fill")

@@ -84,7 +84,9 @@ class ServerState:
 
             torch.set_num_threads(self.config.torch_threads)
         self.batcher = Batcher(model, device, self.config.max_batch, self.config.max_wait_ms,
-                               self.config.max_queue_images, on_batch=self.metrics.on_batch, jit=self.config.jit)
+                               self.config.max_queue_images, on_batch=self.metrics.on_batch, jit=self.config.jit,
+                               cuda_graphs=self.config.cuda_graphs, gpu_dtype=self.config.gpu_dtype,
+                               gpu_bf16_tolerance=self.config.gpu_bf16_tolerance)
         self.batcher.start()
         if self.config.obfuscation is not None:
             c = model.config
