@@ -14,7 +14,7 @@ from server.store.base import (
 
 
 def open_store(redis_url: str | None, prefix: str = "heist", timeout_s: float = 1.0) -> AccountStore:
-    """Redis when a URL is given, else the embedded in-process store."""
+    """Redis when a URL is given (a Redis Cluster for ``redis+cluster://``), else the embedded in-process store."""
     if redis_url:
         from server.store.redis_backend import RedisStore
 

@@ -1,7 +1,10 @@
-"""Redis backend (the testbed's real store; shared by every API replica).
+"""Redis backend (the testbed's real store; shared by every API replica): one Redis (``redis://``,
+``rediss://``, ``unix://``) or a Redis Cluster (``redis+cluster://host:port``, any node; the client learns
+the slot map from it and follows MOVED/ASK).
 
 Key layout (``P`` = prefix, default ``heist``; per-account keys are hash-tagged ``{id}`` so one
-account's keys live in one Redis Cluster slot and its Lua scripts stay single-slot):
+account's keys live in one Redis Cluster slot and its Lua scripts stay single-slot; the same names on
+one Redis and on a cluster, so data moves between them unchanged):
 
 - ``P:acct:{id}``            HASH  id name tier key_hash created_at revoked(0/1)
 - ``P:acct:{id}:usage``      HASH  requests images <defence counters...>
@@ -22,9 +25,21 @@ account's keys live in one Redis Cluster slot and its Lua scripts stay single-sl
                                    (TTL ``idempotency_ttl_s``); the commit counts nothing when the key
                                    is held under another lease
 
-Every write of one request (usage, window, gauges, history, bitmap, sybil pairs) is ONE Lua script.
-The global stream and the sybil ZSET are not hash-tagged by account: on Redis Cluster they would go
-to a separate commit (see docs/defences.md); on one Redis they are part of the same atomic script.
+Slots: ``P:acct:{id}*`` (profile, usage, windows, gauges, history, bitmap, idempotency keys) share the slot
+of ``{id}``; ``P:key:<sha>``, ``P:name:<name>``, ``P:accounts``, ``P:hist``, ``P:sybil`` and each
+``P:pow:<sha>`` have a slot each (single-key commands only, or the steps below); ``list`` pipelines one
+``HGETALL`` per account, which a cluster client groups by node.
+
+What is atomic where:
+
+- one Redis: every write of one request (usage, window, gauges, history, bitmap, idempotent answer,
+  global stream, sybil pairs) is ONE Lua script; account creation is one script (``_CREATE``);
+- cluster: the same commit script, confined to the account's slot (KEYS 5 and 7 repeat the account's
+  key and go untouched), stays atomic for everything per account, the rate limit and the idempotent
+  answer included; a counted request's global writes (``XADD P:hist``, ``ZINCRBY P:sybil``) follow in a
+  second, best-effort step (:meth:`RedisStore._commit_global`). Creation runs in ordered steps with
+  ``SET NX`` on the name as its commit point (:meth:`RedisStore._add_clustered`). Scripts and
+  transactions whose keys span slots are refused by the client before they are sent (and by the server).
 
 Window numbers come from Redis ``TIME`` so replicas agree on windows without trusting their
 clocks. All failures of the connection surface as :class:`StoreUnavailable` (-> 503).
@@ -34,12 +49,14 @@ from __future__ import annotations
 
 import builtins
 import functools
-from typing import cast
+import logging
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import CrossSlotTransactionError, RedisClusterException, RedisError
 
 from server.accounts import Account
 from server.config import RateLimit
@@ -58,6 +75,15 @@ from server.store.base import (
     read_claim,
 )
 from shared.schemas import AccountUsage
+
+log = logging.getLogger("heist.store")
+
+# URL schemes of a Redis Cluster (any node of it; the client learns the slot map from it)
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.startswith(CLUSTER_SCHEMES)
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -149,6 +175,10 @@ def _unavailable(fn):
             raise StoreUnavailable(f"redis unavailable: {type(e).__name__}: {e}") from e
         except OSError as e:
             raise StoreUnavailable(f"redis unavailable: {e}") from e
+        except RedisClusterException as e:  # not a RedisError: no reachable node, slot not covered, ...
+            if isinstance(e, CrossSlotTransactionError) or "same key slot" in str(e):
+                raise  # keys of several slots in one script or transaction: a layout bug, not an outage
+            raise StoreUnavailable(f"redis cluster unavailable: {type(e).__name__}: {e}") from e
 
     return wrapper
 
@@ -159,12 +189,20 @@ class RedisStore(AccountStore):
     def __init__(self, url: str, prefix: str = "heist", timeout_s: float = 1.0) -> None:
         self.url = url
         self.p = prefix
-        self.r = aioredis.from_url(url, decode_responses=True, socket_timeout=timeout_s,
-                                   socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1),
-                                   health_check_interval=30)
-        # binary-safe twin for streams and bitmaps (float32 bytes are not UTF-8)
-        self.rb = aioredis.from_url(url, decode_responses=False, socket_timeout=timeout_s,
-                                    socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1))
+        self.clustered = is_cluster_url(url)
+        self.global_write_failures = 0  # clustered: second commit steps (global stream, sybil ZSET) that failed
+        opts: dict[str, Any] = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                    retry=Retry(NoBackoff(), 1))
+        self.r: aioredis.Redis | RedisCluster
+        self.rb: aioredis.Redis | RedisCluster
+        if self.clustered:
+            node = url.replace("+cluster://", "://", 1)
+            self.r = RedisCluster.from_url(node, decode_responses=True, **opts)
+            self.rb = RedisCluster.from_url(node, decode_responses=False, **opts)
+        else:
+            self.r = aioredis.from_url(url, decode_responses=True, health_check_interval=30, **opts)
+            # binary-safe twin for streams and bitmaps (float32 bytes are not UTF-8)
+            self.rb = aioredis.from_url(url, decode_responses=False, **opts)
         self._create = self.r.register_script(_CREATE)
         self._check = self.r.register_script(_CHECK)
         self._commit = self.r.register_script(_COMMIT)
@@ -177,10 +215,36 @@ class RedisStore(AccountStore):
 
     @_unavailable
     async def add(self, account: Account) -> None:
+        name, key = f"{self.p}:name:{account.name}", f"{self.p}:key:{account.key_hash}"
+        if self.clustered:
+            return await self._add_clustered(account, name, key)
         flat = [x for kv in account.to_hash().items() for x in kv]
-        keys = [f"{self.p}:name:{account.name}", f"{self.p}:key:{account.key_hash}", self._acct(account.id), f"{self.p}:accounts"]
+        keys = [name, key, self._acct(account.id), f"{self.p}:accounts"]
         if not await self._create(keys=keys, args=[account.id, "", *flat]):
             raise AccountExists(f"an account named {account.name!r} exists")
+
+    async def _add_clustered(self, account: Account, name: str, key: str) -> None:
+        """Creation on a cluster, where the name, key, profile and accounts-set keys lie in four slots:
+        no script can hold them all, so it runs in steps ordered for the failures between them.
+
+        1. the profile (``P:acct:{id}``) and the key hash (``P:key:<sha>``): both new and unreachable
+           (nobody knows the fresh id, nobody holds the key: it is shown only after ``add`` returns);
+        2. ``SET P:name:<name> id NX``, the uniqueness guard and the commit point: a taken name deletes
+           the two keys of step 1 and raises :class:`AccountExists`;
+        3. ``SADD P:accounts id`` (the admin listing).
+
+        A failure (``StoreUnavailable``) after step 1 leaves unreachable keys; after step 2, an account
+        that ``get``/``by_key_hash`` find but ``list`` does not show and whose key nobody received: the
+        name stays taken until an admin revokes or deletes it. Two creations of one name race only in
+        step 2, where exactly one ``SET NX`` wins."""
+        acct = self._acct(account.id)
+        await self.r.hset(acct, items=[x for kv in account.to_hash().items() for x in kv])
+        await self.r.set(key, account.id)
+        if not await self.r.set(name, account.id, nx=True):
+            await self.r.delete(acct)  # one DEL per slot: a multi-key DEL would be CROSSSLOT
+            await self.r.delete(key)
+            raise AccountExists(f"an account named {account.name!r} exists")
+        await self.r.sadd(f"{self.p}:accounts", account.id)
 
     async def _load(self, aid: str | None) -> Account | None:
         if not aid:
@@ -240,17 +304,48 @@ class RedisStore(AccountStore):
         args += [len(record.gauges), *(x for k, v in record.gauges.items() for x in (k, repr(float(v))))]
         h = record.history
         vecs = [] if h is None else [v.astype("<f4").tobytes() for v in h.vectors]
-        args += [account_id, h.maxlen if h else 1, h.global_maxlen if h else 0, len(vecs), *vecs]
+        gmax = h.global_maxlen if h else 0
+        pairs = record.sybil_pairs
+        if self.clustered:  # the script stays in the account's slot; the global keys follow in a second step
+            gmax, pairs = 0, []
+        args += [account_id, h.maxlen if h else 1, gmax, len(vecs), *vecs]
         args += [len(record.coverage_bits), *record.coverage_bits]
-        args += [len(record.sybil_pairs), *record.sybil_pairs]
+        args += [len(pairs), *pairs]
         a = record.idempotent
         args += ["0"] if a is None else ["1", DONE + a.digest.encode() + b"|" + a.payload, a.ttl_ms, a.pending()]
-        keys = [key, f"{key}:usage", f"{key}:dstats", f"{key}:hist", f"{self.p}:hist", f"{key}:cov", f"{self.p}:sybil",
+        # clustered: KEYS[5] and KEYS[7] (never touched with gmax 0 and no pairs) repeat the account's key,
+        # since a cluster refuses a script whose keys lie in several slots
+        hist, sybil = (key, key) if self.clustered else (f"{self.p}:hist", f"{self.p}:sybil")
+        keys = [key, f"{key}:usage", f"{key}:dstats", f"{key}:hist", hist, f"{key}:cov", sybil,
                 f"{key}:idem:{a.key_id if a else '-'}"]
         status, retry, *used = await self._commit(keys=keys, args=args)
         if not used:  # missing or revoked: no window was read
             return CommitResult(status, float(retry))
+        if self.clustered and status == "ok":
+            await self._commit_global(account_id, vecs if h and h.global_maxlen else [],
+                                      h.global_maxlen if h else 0, record.sybil_pairs)
         return CommitResult(status, float(retry), int(used[0]), int(used[1]), float(used[2]))
+
+    async def _commit_global(self, account_id: str, vecs: builtins.list[bytes], gmax: int,
+                             pairs: builtins.list[str]) -> None:
+        """Clustered: the second step of a counted request, its global writes (``P:hist`` and ``P:sybil``, each
+        in its own slot) in one pipeline after the account's script. Best effort: the request is already
+        counted and answered, so a failure here is logged and counted (``global_write_failures``), never
+        raised; the sybil index then misses these images, and a reader may see the account's entries
+        before the global ones."""
+        if not vecs and not pairs:
+            return
+        try:
+            async with self.rb.pipeline(transaction=False) as pipe:
+                for v in vecs:
+                    pipe.xadd(f"{self.p}:hist", {"a": account_id, "z": v}, maxlen=gmax, approximate=True)
+                for pair in pairs:
+                    pipe.zincrby(f"{self.p}:sybil", 1, pair)
+                await pipe.execute()
+        except (RedisError, RedisClusterException, OSError) as e:
+            self.global_write_failures += 1
+            log.warning("global history/sybil write lost for %s (the request is counted): %s: %s",
+                        account_id, type(e).__name__, e)
 
     @_unavailable
     async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease: str,
