@@ -349,3 +349,90 @@ def start_nginx(dir: str | Path, upstream_ports: list[int], port: int | None = N
             time.sleep(0.05)
     proc.kill()
     raise TimeoutError(f"nginx on port {port} not listening after {timeout_s} s")
+
+
+@dataclass
+class RedisClusterProcess:
+    """A private local Redis Cluster: ``nodes`` masters (no replicas) on free loopback ports, each a
+    ``redis-server --cluster-enabled yes`` in ``dir`` (no persistence), the 16384 slots spread over
+    them by ``redis-cli --cluster create``. ``url`` (``redis+cluster://``) selects the clustered store."""
+
+    dir: Path
+    ports: list[int]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.ports[0]}/0"
+
+    def node_urls(self) -> list[str]:
+        """A plain ``redis://`` URL per node (to ask one node directly: CLUSTER KEYSLOT, DBSIZE)."""
+        return [f"redis://127.0.0.1:{p}/0" for p in self.ports]
+
+    def cli(self, port: int, *args: str, timeout_s: float = 10) -> str:
+        from shared.proc import run
+
+        out = run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args], capture_output=True, text=True,
+                  timeout=timeout_s)
+        return out.stdout
+
+    def stop(self) -> None:
+        """SIGTERM every node (no persistence: nothing to save), SIGKILL after 10 s."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+
+
+def start_redis_cluster(dir: str | Path, nodes: int = 3, timeout_s: float = 30) -> RedisClusterProcess:
+    """Start a ``nodes``-master Redis Cluster on loopback (``redis-server`` and ``redis-cli`` 7+), wait
+    until every node says ``cluster_state:ok``; stopped by ``stop()`` (also on a failed start)."""
+    import shutil
+
+    exe = shutil.which("redis-server")
+    if exe is None or shutil.which("redis-cli") is None:
+        raise FileNotFoundError("redis-server and redis-cli are not installed (apt-get install redis-server redis-tools)")
+    if nodes < 3:
+        raise ValueError("redis-cli --cluster create needs at least 3 masters")
+    d = Path(dir)
+    d.mkdir(parents=True, exist_ok=True)
+    cluster = RedisClusterProcess(d, [free_port() for _ in range(nodes)])
+    try:
+        for port in cluster.ports:
+            nd = d / str(port)
+            nd.mkdir(exist_ok=True)
+            # the bus port on a free port of its own: the default (port + 10000) fails above 55535 or may be taken
+            with open(nd / "redis.log", "a") as log:
+                cluster.procs.append(popen(
+                    [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(nd), "--cluster-enabled", "yes",
+                     "--cluster-port", str(free_port()),
+                     "--cluster-config-file", f"nodes-{port}.conf", "--appendonly", "no", "--save", "",
+                     "--protected-mode", "no"], stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + timeout_s
+        for port, proc in zip(cluster.ports, cluster.procs, strict=True):
+            while cluster.cli(port, "ping").strip() != "PONG":
+                if proc.poll() is not None:
+                    raise RuntimeError(f"redis-server :{port} exited: {(d / str(port) / 'redis.log').read_text()[-1000:]}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"redis-server :{port} not answering after {timeout_s} s")
+                time.sleep(0.05)
+        from shared.proc import run
+
+        made = run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in cluster.ports),
+                    "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=timeout_s)
+        if made.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {made.stdout[-1000:]}{made.stderr[-1000:]}")
+        for port in cluster.ports:  # every node must have learned the whole slot map
+            while "cluster_state:ok" not in cluster.cli(port, "cluster", "info"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"cluster node :{port} not in cluster_state:ok after {timeout_s} s")
+                time.sleep(0.1)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
