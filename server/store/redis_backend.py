@@ -47,6 +47,7 @@ clocks. All failures of the connection surface as :class:`StoreUnavailable` (-> 
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import functools
 import logging
@@ -170,6 +171,8 @@ def _unavailable(fn):
     @functools.wraps(fn)
     async def wrapper(self, *a, **kw):
         try:
+            if self.clustered and not self._initialized:
+                await self._initialize()
             return await fn(self, *a, **kw)
         except RedisError as e:
             raise StoreUnavailable(f"redis unavailable: {type(e).__name__}: {e}") from e
@@ -191,6 +194,8 @@ class RedisStore(AccountStore):
         self.p = prefix
         self.clustered = is_cluster_url(url)
         self.global_write_failures = 0  # clustered: second commit steps (global stream, sybil ZSET) that failed
+        self._initialized = not self.clustered
+        self._init_task: asyncio.Future | None = None
         opts: dict[str, Any] = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                     retry=Retry(NoBackoff(), 1))
         self.r: aioredis.Redis | RedisCluster
@@ -209,6 +214,23 @@ class RedisStore(AccountStore):
         self._used = self.r.register_script(_USED)
         self._idem_claim = self.rb.register_script(_IDEM_CLAIM)  # binary: the answer is float32 bytes
         self._idem_release = self.rb.register_script(_IDEM_RELEASE)
+
+    async def _initialize(self) -> None:
+        """Clustered: load the slot map once, before the first command, every concurrent caller awaiting the same
+        load. redis-py (8.1) sends the commands of a cold RedisCluster client without their slot, and their
+        concurrent MOVED answers re-initialise it under each other's feet (found on a real cluster: "Connection
+        lost", ``AttributeError`` on a closed connection); after this, commands go straight to their slot's node.
+        A failed load is retried by the next call."""
+        if self._init_task is None:
+            self._init_task = asyncio.ensure_future(asyncio.gather(self.r.initialize(), self.rb.initialize()))
+        task = self._init_task
+        try:
+            await asyncio.shield(task)
+        except BaseException:
+            if self._init_task is task and task.done():
+                self._init_task = None
+            raise
+        self._initialized = True
 
     def _acct(self, aid: str) -> str:
         return f"{self.p}:acct:{{{aid}}}"
@@ -410,8 +432,10 @@ class RedisStore(AccountStore):
 
     async def ping(self) -> bool:
         try:
+            if self.clustered and not self._initialized:
+                await self._initialize()
             return bool(await self.r.ping())
-        except (RedisError, OSError):
+        except (RedisError, RedisClusterException, OSError):  # a cluster with no reachable node: not ready
             return False
 
     async def close(self) -> None:
