@@ -22,7 +22,7 @@ from tests.support import SERVER_TEST_CONFIG, RedisServer, Victim, cleanup_prefi
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 # fixtures that start real processes or reach a real Redis: a test using one is ``live`` even unmarked
-LIVE_FIXTURES = frozenset({"victim", "server_factory", "redis_server_factory", "redis_url"})
+LIVE_FIXTURES = frozenset({"victim", "server_factory", "redis_server_factory", "redis_url", "redis_cluster"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

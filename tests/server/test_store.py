@@ -17,10 +17,16 @@ from tests.support import cleanup_prefix, free_port
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.live)])
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.live),
+                        pytest.param("cluster", marks=pytest.mark.live)])
 def store(request):
+    """Each backend: embedded, the shared Redis, a private local Redis Cluster (tests/server/conftest.py)."""
     prefix = "heist-unit-" + secrets.token_hex(4)
-    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    redis_url = None
+    if request.param == "redis":
+        redis_url = request.getfixturevalue("redis_url")
+    elif request.param == "cluster":  # private to the test run: nothing to clean up
+        redis_url = request.getfixturevalue("redis_cluster").url
     s = open_store(redis_url, prefix)
     yield s
     asyncio.run(s.close()) if request.param == "embedded" else None
