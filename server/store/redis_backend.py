@@ -257,8 +257,8 @@ class RedisStore(AccountStore):
 
         A failure (``StoreUnavailable``) after step 1 leaves unreachable keys; after step 2, an account
         that ``get``/``by_key_hash`` find but ``list`` does not show and whose key nobody received: the
-        name stays taken until an admin revokes or deletes it. Two creations of one name race only in
-        step 2, where exactly one ``SET NX`` wins."""
+        name stays taken (an admin finds the account by name and can revoke it). Two creations of one
+        name race only in step 2, where exactly one ``SET NX`` wins."""
         acct = self._acct(account.id)
         await self.r.hset(acct, items=[x for kv in account.to_hash().items() for x in kv])
         await self.r.set(key, account.id)
