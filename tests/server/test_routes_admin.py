@@ -53,8 +53,14 @@ def test_keys_stored_only_as_hashes(victim):
     import redis
 
     aid, key = victim.new_account("free")
-    r = redis.Redis.from_url(victim.redis_url, decode_responses=True)
-    dump = json.dumps({k: r.hgetall(k) if r.type(k) == "hash" else r.get(k) if r.type(k) == "string" else None
-                       for k in r.scan_iter(match=f"{victim.prefix}:*")})
+    r = redis.Redis.from_url(victim.redis_url)
+    text = lambda b: b.decode("latin-1")  # noqa: E731  (values may be binary: cached answers, vectors)
+
+    def value(k: bytes):
+        kind = r.type(k)
+        if kind == b"hash":
+            return {text(f): text(v) for f, v in r.hgetall(k).items()}
+        return text(r.get(k)) if kind == b"string" else None
+    dump = json.dumps({text(k): value(k) for k in r.scan_iter(match=f"{victim.prefix}:*")})
     assert key not in dump and key[6:] not in dump
     assert hashlib.sha256(key.encode()).hexdigest() in dump
