@@ -172,7 +172,34 @@ What keeps the server close to the in-process forward pass ([docs/api.md](api.md
   batcher's wait, counted from when the first request was queued.
 - **The load client.** `--client httpx` ({src("serving/api_throughput_httpx.json")}) spends
   {httpx_cpu} cores in the client at concurrency 8 / 32 on this machine, so it measures the
-  client too."""
+  client too.""" + api_gpu()
+
+
+def api_gpu() -> str:
+    """The CUDA run of scripts/gpu_bench.sh, when results/serving/api_throughput_cuda.json exists."""
+    if not (results_dir() / "serving" / "api_throughput_cuda.json").is_file():
+        return ""
+    c = load("serving/api_throughput_cuda")
+    ref = c["in_process_256"]["images_per_s"]
+    rows = []
+    for r in c["rows"]:
+        x, d = r["api"], r.get("defended")
+        rows.append([r["concurrency"], f"{x['images_per_s']:,.0f}", f"{x['p50_ms']:.1f} / {x['p99_ms']:.1f}",
+                     pct(x["images_per_s"] / ref), f"{x['server_cpu']:.1f}",
+                     f"{d['images_per_s']:,.0f}" if d else "-", pct(d["images_per_s"] / x["images_per_s"]) if d else "-"])
+    model = c["model"]
+    return f"""
+
+### On a GPU
+
+`{c["command"]}` ({src("serving/api_throughput_cuda.json")}, run by `scripts/gpu_bench.sh`) on
+{c["gpu"]}: {model["arch"]} width {model["width"]} ({"trained" if model.get("trained") else "random-init"}),
+{c["workers"]} server processes, {c["images_per_request"]} images per request, CUDA graphs
+{"on" if c.get("cuda_graphs") else "off"}, {c.get("gpu_dtype")}. The in-process baseline is the
+server's own batcher at batch 256: {ref:,.0f} images/s.
+
+{md_table(["concurrency", "API img/s", "p50 / p99 ms", "of in-process batch 256", "server cores",
+           "all defences img/s", "all defences / API"], rows)}"""
 
 
 LOSSES = {"mse": "MSE", "infonce": "InfoNCE", "softnn": "SoftNN", "wasserstein": "Wasserstein", "barlow": "Barlow Twins",
@@ -603,6 +630,8 @@ $Z --runs runs/di12b --out zoo_di12b --steal --steal-args "--data-seed 3 --seed 
 INDEX: list[tuple[str, str, str]] = [
     ("serving/api_throughput.json", "API vs in-process images/s, p50/p99, server CPU per concurrency", "bench.api_throughput"),
     ("serving/api_throughput_httpx.json", "the same with the httpx load client", "bench.api_throughput"),
+    ("serving/api_throughput_cuda.json", "the same on a GPU, with every defence on too (scripts/gpu_bench.sh)",
+     "bench.api_throughput"),
     ("serving/defence_overhead.json", "each defence tier's throughput as a share of the undefended one", "bench.defence_overhead"),
     ("serving/defence_overhead.txt", "console output of that run", "bench.defence_overhead"),
     ("serving/faiss_lookup.json", "FAISS flat vs IVF search time and recall vs history size", "bench.faiss_lookup"),
