@@ -17,7 +17,13 @@ def test_native_thread_limits_apply_on_the_event_loop_thread(tiny_checkpoint):
     import gc
 
     import faiss
+    import torch
     from threadpoolctl import threadpool_info, threadpool_limits
+
+    # torch and FAISS share one OpenMP runtime: an OpenMP thread count above the one torch sized its
+    # per-thread buffers for crashes later training in this process (a segfault in backward), so
+    # both are restored below
+    torch_before, omp_before = torch.get_num_threads(), faiss.omp_get_max_threads()
 
     from server.app import create_app
     from server.config import ServerConfig
@@ -41,7 +47,8 @@ def test_native_thread_limits_apply_on_the_event_loop_thread(tiny_checkpoint):
         assert interval == pytest.approx(0.2e-3)  # the server's default switch interval
         assert frozen > 10_000  # torch, FastAPI and the model's objects
     finally:
-        faiss.omp_set_num_threads(1)
-        restore.restore_original_limits()
+        restore.restore_original_limits()  # first: it puts back every pool it saw, OpenMP's at 3 included
+        faiss.omp_set_num_threads(omp_before)
+        torch.set_num_threads(torch_before)
         gc.unfreeze()
         sys.setswitchinterval(old_interval)
