@@ -107,9 +107,10 @@ def test_embedded_store_windows_roll_over_and_spent_tokens_expire():
     run(go())
 
 
-def test_unreachable_redis_raises_store_unavailable():
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+def test_unreachable_redis_raises_store_unavailable(scheme):
     async def go():
-        s = open_store(f"redis://127.0.0.1:{free_port()}/0", "x", timeout_s=0.3)
+        s = open_store(f"{scheme}://127.0.0.1:{free_port()}/0", "x", timeout_s=0.3)
         assert await s.ping() is False
         with pytest.raises(StoreUnavailable):
             await s.by_key_hash("0" * 64)

@@ -52,6 +52,14 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _workers(parent: int, n: int = 2, timeout_s: float = 60) -> list[int]:
+    """The parent's child processes, once there are ``n`` of them (or the time runs out)."""
+    deadline = time.monotonic() + timeout_s
+    while len(_children(parent)) < n and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _children(parent)
+
+
 @pytest.fixture()
 def two_workers(tiny_checkpoint, tmp_path):
     redis = start_redis(tmp_path / "redis")
@@ -69,10 +77,7 @@ def two_workers(tiny_checkpoint, tmp_path):
 
 def test_two_workers_answer_as_one_server(two_workers):
     server = two_workers
-    deadline = time.monotonic() + 60
-    while len(_children(server.proc.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    workers = _children(server.proc.pid)
+    workers = _workers(server.proc.pid)
     assert len(workers) >= 2, workers
     key = httpx.post(server.url + "/v1/admin/accounts", json={"name": "w", "tier": "tight"},
                      headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30).json()["api_key"]
@@ -94,10 +99,7 @@ def test_two_workers_answer_as_one_server(two_workers):
 
 def test_workers_end_with_a_killed_parent(two_workers):
     server = two_workers
-    deadline = time.monotonic() + 60
-    while len(_children(server.proc.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    workers = _children(server.proc.pid)
+    workers = _workers(server.proc.pid)
     assert len(workers) >= 2
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
