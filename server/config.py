@@ -300,6 +300,15 @@ def read_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def config_from(data: Mapping[str, Any]) -> ServerConfig:
+    """Exactly ``data`` (and the defaults), validated; the environment is not read."""
+    token = _LAYERED.set(True)
+    try:
+        return ServerConfig.model_validate(dict(data))
+    finally:
+        _LAYERED.reset(token)
+
+
 def load_config(file: str | Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
     """Build and validate the config (file < environment < ``overrides``); raises :class:`ConfigError`
     with every problem listed, each naming its environment variable."""
@@ -312,9 +321,8 @@ def load_config(file: str | Path | None = None, env: Mapping[str, str] | None = 
     except Exception as e:  # a structured field whose env value is not JSON
         raise ConfigError(f"invalid server configuration: {e}") from None
     data.update({k: v for k, v in overrides.items() if v is not None})
-    token = _LAYERED.set(True)
     try:
-        return ServerConfig.model_validate(data)
+        return config_from(data)
     except ValidationError as e:
         lines = []
         for err in e.errors():
@@ -323,5 +331,3 @@ def load_config(file: str | Path | None = None, env: Mapping[str, str] | None = 
             var = f" (env {env_names(top)[0]})" if top in ServerConfig.model_fields else ""
             lines.append(f"  {loc}{var}: {err['msg']}")
         raise ConfigError("invalid server configuration:\n" + "\n".join(lines)) from None
-    finally:
-        _LAYERED.reset(token)

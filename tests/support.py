@@ -185,13 +185,13 @@ class InProcessApi:
         from fastapi.testclient import TestClient
 
         from server.app import create_app
-        from server.config import ServerConfig
+        from server.config import config_from
 
         self.secret = (secret or "test-secret-" + secrets.token_hex(8)).encode()
         data = {**(SERVER_TEST_CONFIG if config is None else config), **IN_PROCESS_RUNTIME, "checkpoint": checkpoint,
                 "admin_token": SERVER_ADMIN_TOKEN, "server_secret": self.secret.decode(), **fields}
-        # model_validate: these fields only (constructing ServerConfig would read HEIST_* from the environment)
-        self.config = ServerConfig.model_validate(data)
+        # these fields only: ServerConfig(...) and model_validate also read HEIST_* from the environment
+        self.config = config_from(data)
         self.app = create_app(self.config, store=store)
         self.state = self.app.state.heist
         self._tc = TestClient(self.app, raise_server_exceptions=False)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from server.config import ConfigError, ServerConfig, env_names, env_table, load_config
+from server.config import ConfigError, ServerConfig, config_from, env_names, env_table, load_config
 
 
 def test_layers_file_then_env_then_flags(tmp_path):
@@ -84,6 +84,8 @@ def test_direct_construction_reads_the_environment_and_load_config_isolates(monk
     monkeypatch.setenv("HEIST_MAX_BATCH", "5")
     assert ServerConfig().max_batch == 5 and ServerConfig(max_batch=3).max_batch == 3
     assert load_config(env={}).max_batch == 64  # the given mapping is the whole environment layer
+    assert ServerConfig.model_validate({}).max_batch == 5  # pydantic-settings reads the environment here too
+    assert config_from({"port": 1}).max_batch == 64 and config_from({"port": 1}).port == 1
 
 
 def test_cli_lists_variables_and_prints_the_effective_config():
