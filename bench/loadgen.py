@@ -6,6 +6,8 @@ import asyncio
 import os
 from pathlib import Path
 
+from shared.proc import child_pids
+
 
 class RawHttpConnection:
     """One HTTP/1.1 keep-alive connection over asyncio streams, for load generation.
@@ -86,23 +88,16 @@ def process_cpu_seconds(pid: int) -> float:
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and every live descendant (uvicorn ``--workers``: the parent
     and its worker processes), summed from /proc; nan where unavailable."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    total, todo, seen = 0.0, [pid], set()
+    total = process_cpu_seconds(pid)
+    if total != total:  # the root itself is gone
+        return float("nan")
+    todo, seen = child_pids(pid), {pid}
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
         cpu = process_cpu_seconds(p)
-        if p == pid and cpu != cpu:  # the root itself is gone
-            return float("nan")
         total += 0.0 if cpu != cpu else cpu
-        todo += children.get(p, [])
+        todo += child_pids(p)
     return total

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
@@ -48,3 +49,31 @@ def popen(cmd: list[str], **kwargs) -> subprocess.Popen:
 def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     """``subprocess.run`` for a child that must not outlive this process."""
     return subprocess.run(cmd, preexec_fn=_tether(), **kwargs)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, ...); None when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def is_alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its reaper (Linux /proc)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux /proc; empty where there is none)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    out = []
+    for d in proc.iterdir():
+        if d.name.isdigit():
+            fields = _stat_fields(int(d.name))
+            if fields is not None and int(fields[1]) == pid:
+                out.append(int(d.name))
+    return out

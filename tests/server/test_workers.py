@@ -10,13 +10,13 @@ import secrets
 import signal
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from shared.proc import child_pids, is_alive
 from shared.proc import run as run_child
 from testbed.services import server_env, start_redis, start_server
 
@@ -31,33 +31,12 @@ def _png() -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _workers(parent: int, n: int = 2, timeout_s: float = 60) -> list[int]:
     """The parent's child processes, once there are ``n`` of them (or the time runs out)."""
     deadline = time.monotonic() + timeout_s
-    while len(_children(parent)) < n and time.monotonic() < deadline:
+    while len(child_pids(parent)) < n and time.monotonic() < deadline:
         time.sleep(0.2)
-    return _children(parent)
+    return child_pids(parent)
 
 
 @pytest.fixture()
@@ -104,9 +83,9 @@ def test_workers_end_with_a_killed_parent(two_workers):
     os.kill(server.proc.pid, signal.SIGKILL)
     server.proc.wait(10)
     deadline = time.monotonic() + 20
-    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+    while any(is_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(p) for p in workers), [p for p in workers if _alive(p)]
+    assert not any(is_alive(p) for p in workers), [p for p in workers if is_alive(p)]
 
 
 def test_workers_need_redis(tiny_checkpoint):

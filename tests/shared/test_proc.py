@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from shared.proc import is_alive
 from testbed.services import REPO
 
 PARENT = textwrap.dedent("""
@@ -25,28 +26,19 @@ PARENT = textwrap.dedent("""
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as fh:  # a zombie waiting for its reaper counts as gone
-        return fh.read().split(")")[-1].split()[0] != "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
 def test_children_die_when_the_parent_is_killed():
     parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         main_child, thread_child = map(int, parent.stdout.readline().split())
         # a child started from a worker thread is not tethered: that thread has already exited
-        assert _alive(main_child) and _alive(thread_child)
+        assert is_alive(main_child) and is_alive(thread_child)
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(main_child) and time.monotonic() < deadline:
+        while is_alive(main_child) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(main_child), "the main thread's child outlived its SIGKILLed parent"
+        assert not is_alive(main_child), "the main thread's child outlived its SIGKILLed parent"
     finally:
         parent.kill()
         for pid in (locals().get("main_child"), locals().get("thread_child")):
