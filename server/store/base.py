@@ -59,6 +59,10 @@ class IdempotentAnswer:
     def pending(self) -> bytes:
         return pending_value(self.digest, self.lease)
 
+    def done(self) -> bytes:
+        """The stored value once committed: what a retry with the same key and body is answered."""
+        return DONE + f"{self.digest}|".encode() + self.payload
+
 
 @dataclass(frozen=True)
 class IdempotencyClaim:

@@ -12,7 +12,6 @@ from server.accounts import Account
 from server.config import RateLimit
 from server.store.base import (
     COVERAGE_BITS,
-    DONE,
     HISTORY_LEN,
     AccountExists,
     AccountStore,
@@ -127,8 +126,7 @@ class MemoryStore(AccountStore):
                 self._pairs[pair] += 1
             if record.idempotent is not None:
                 a = record.idempotent
-                self._idem[(account_id, a.key_id)] = (self._clock() + a.ttl_ms / 1000,
-                                                      DONE + a.digest.encode() + b"|" + a.payload)
+                self._idem[(account_id, a.key_id)] = (self._clock() + a.ttl_ms / 1000, a.done())
             return CommitResult("ok", 0.0, used[0], used[1], retry)
 
     async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease: str,

@@ -63,7 +63,6 @@ from server.accounts import Account
 from server.config import RateLimit
 from server.store.base import (
     COVERAGE_BITS,
-    DONE,
     HISTORY_LEN,
     AccountExists,
     AccountStore,
@@ -235,6 +234,9 @@ class RedisStore(AccountStore):
     def _acct(self, aid: str) -> str:
         return f"{self.p}:acct:{{{aid}}}"
 
+    def _idem_key(self, aid: str, key_id: str) -> str:
+        return f"{self._acct(aid)}:idem:{key_id}"
+
     @_unavailable
     async def add(self, account: Account) -> None:
         name, key = f"{self.p}:name:{account.name}", f"{self.p}:key:{account.key_hash}"
@@ -334,12 +336,12 @@ class RedisStore(AccountStore):
         args += [len(record.coverage_bits), *record.coverage_bits]
         args += [len(pairs), *pairs]
         a = record.idempotent
-        args += ["0"] if a is None else ["1", DONE + a.digest.encode() + b"|" + a.payload, a.ttl_ms, a.pending()]
+        args += ["0"] if a is None else ["1", a.done(), a.ttl_ms, a.pending()]
         # clustered: KEYS[5] and KEYS[7] (never touched with gmax 0 and no pairs) repeat the account's key,
         # since a cluster refuses a script whose keys lie in several slots
         hist, sybil = (key, key) if self.clustered else (f"{self.p}:hist", f"{self.p}:sybil")
         keys = [key, f"{key}:usage", f"{key}:dstats", f"{key}:hist", hist, f"{key}:cov", sybil,
-                f"{key}:idem:{a.key_id if a else '-'}"]
+                self._idem_key(account_id, a.key_id if a else "-")]
         status, retry, *used = await self._commit(keys=keys, args=args)
         if not used:  # missing or revoked: no window was read
             return CommitResult(status, float(retry))
@@ -372,13 +374,13 @@ class RedisStore(AccountStore):
     @_unavailable
     async def idempotency_claim(self, account_id: str, key_id: str, digest: str, lease: str,
                                 lease_ms: int) -> IdempotencyClaim:
-        value = await self._idem_claim(keys=[f"{self._acct(account_id)}:idem:{key_id}"],
+        value = await self._idem_claim(keys=[self._idem_key(account_id, key_id)],
                                        args=[pending_value(digest, lease), lease_ms])
         return read_claim(value or None, digest)
 
     @_unavailable
     async def idempotency_release(self, account_id: str, key_id: str, digest: str, lease: str) -> None:
-        await self._idem_release(keys=[f"{self._acct(account_id)}:idem:{key_id}"], args=[pending_value(digest, lease)])
+        await self._idem_release(keys=[self._idem_key(account_id, key_id)], args=[pending_value(digest, lease)])
 
     @_unavailable
     async def window(self, account_id: str, limit: RateLimit) -> tuple[int, int, float]:
