@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from server.gpu import DeviceForward
+from server.gpu import DeviceForward, nhwc_to_float, to_model_input
 from shared.checkpoint import Checkpoint
 
 log = logging.getLogger("heist.batcher")
@@ -58,8 +58,7 @@ class ServingForward(torch.nn.Module):
         self.encoder, self.head = encoder, head
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).float().div(255)
-        y = self.encoder(x)
+        y = self.encoder(nhwc_to_float(images))
         return y, (self.head(y) if self.head is not None else y.new_empty(0))
 
 
@@ -258,8 +257,7 @@ class Batcher:
                 y, z = self._served[want_proj](x)
                 z = z if want_proj else None
             else:
-                x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-                y = self.encoder(x)
+                y = self.encoder(to_model_input(x.to(self.device, non_blocking=True)))
                 z = head(y) if head is not None else None
             reps.append(y.float().cpu().numpy())
             if z is not None:

@@ -37,16 +37,19 @@ class GpuDtypeError(RuntimeError):
     """bf16 answers differ from float32 beyond the configured tolerance: the server refuses to start."""
 
 
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC images -> float32 NCHW in [0, 1], on the images' own device (a channels-last view of
-    the same layout; the encoder normalises by the checkpoint's mean/std as its first step).
+def nhwc_to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC images -> float32 NCHW in [0, 1] (a channels-last view of the same layout; the encoder
+    normalises by the checkpoint's mean/std as its first step). Tensor ops only, so it traces: the one
+    conversion of every serving path (server.batcher's frozen module and eager path, and
+    :func:`to_model_input` here on the GPU after a uint8 upload instead of on the host before a float32 one)."""
+    return images.permute(0, 3, 1, 2).float().div(255)
 
-    The same arithmetic as the CPU path's host conversion (server.batcher.ServingForward), so it
-    runs on the GPU after a uint8 upload instead of on the host before a float32 one.
-    """
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """:func:`nhwc_to_float` of checked uint8 (N, H, W, 3) images, on the images' own device."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected uint8 images of shape (N, H, W, 3), got {images.dtype} {tuple(images.shape)}")
-    return images.permute(0, 3, 1, 2).float().div(255)
+    return nhwc_to_float(images)
 
 
 def buckets(max_batch: int) -> tuple[int, ...]:
