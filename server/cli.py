@@ -119,7 +119,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    import json
 
     from server.config import env_table, load_config
 

@@ -129,6 +129,17 @@ def _exit_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
+def terminate(proc: subprocess.Popen | None, timeout_s: float = 10) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL after ``timeout_s``; nothing when already gone."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 @dataclass
 class ServerProcess:
     """A running ``heist-server serve`` subprocess (stdout and stderr in ``log``)."""
@@ -143,13 +154,7 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 20) -> None:
         """SIGTERM (graceful shutdown), then SIGKILL after ``timeout_s``."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, timeout_s)
 
 
 def server_env(admin_token: str, secret: str, *, redis_url: str | None = None, prefix: str | None = None,
@@ -215,15 +220,19 @@ def serve(checkpoint: str | Path, config: dict | None = None, *, redis_url: str 
             server.stop()
 
 
+# AOF with an fsync per write: a SIGKILL loses no acknowledged write
+AOF = ("--appendonly", "yes", "--appendfsync", "always", "--save", "")
+
+
 @dataclass
 class RedisProcess:
-    """A private ``redis-server`` on a free loopback port, persisted with AOF (``appendfsync always``)
-    in ``dir`` so that a SIGKILL loses no acknowledged write; ``restart()`` starts it again on the same
-    port and data."""
+    """A private ``redis-server`` on a loopback port with its data and log in ``dir``; ``args`` are its
+    other options (default :data:`AOF`); ``restart()`` starts it again on the same port and data."""
 
     dir: Path
     port: int
     proc: subprocess.Popen | None = None
+    args: tuple[str, ...] = AOF
 
     @property
     def url(self) -> str:
@@ -237,8 +246,7 @@ class RedisProcess:
             raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
         self.dir.mkdir(parents=True, exist_ok=True)
         log = open(self.dir / "redis.log", "a")
-        self.proc = popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                           "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+        self.proc = popen([exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), *self.args,
                            "--protected-mode", "no"], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + timeout_s
@@ -266,12 +274,7 @@ class RedisProcess:
         return self.start()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc)
 
 
 def start_redis(dir: str | Path, port: int | None = None) -> RedisProcess:
@@ -310,13 +313,7 @@ class NginxProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # fast shutdown
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)  # nginx: fast shutdown
 
 
 def nginx_binary() -> str | None:
@@ -353,13 +350,15 @@ def start_nginx(dir: str | Path, upstream_ports: list[int], port: int | None = N
 
 @dataclass
 class RedisClusterProcess:
-    """A private local Redis Cluster: ``nodes`` masters (no replicas) on free loopback ports, each a
-    ``redis-server --cluster-enabled yes`` in ``dir`` (no persistence), the 16384 slots spread over
+    """A private local Redis Cluster: masters (no replicas) on free loopback ports, each a
+    :class:`RedisProcess` with ``--cluster-enabled yes`` (no persistence), the 16384 slots spread over
     them by ``redis-cli --cluster create``. ``url`` (``redis+cluster://``) selects the clustered store."""
 
-    dir: Path
-    ports: list[int]
-    procs: list[subprocess.Popen] = field(default_factory=list)
+    nodes: list[RedisProcess]
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
 
     @property
     def url(self) -> str:
@@ -367,7 +366,7 @@ class RedisClusterProcess:
 
     def node_urls(self) -> list[str]:
         """A plain ``redis://`` URL per node (to ask one node directly: CLUSTER KEYSLOT, DBSIZE)."""
-        return [f"redis://127.0.0.1:{p}/0" for p in self.ports]
+        return [n.url for n in self.nodes]
 
     def cli(self, port: int, *args: str, timeout_s: float = 10) -> str:
         from shared.proc import run
@@ -378,15 +377,11 @@ class RedisClusterProcess:
 
     def stop(self) -> None:
         """SIGTERM every node (no persistence: nothing to save), SIGKILL after 10 s."""
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        for n in self.nodes:
+            if n.proc is not None and n.proc.poll() is None:
+                n.proc.terminate()
+        for n in self.nodes:
+            terminate(n.proc)
 
 
 def start_redis_cluster(dir: str | Path, nodes: int = 3, timeout_s: float = 30) -> RedisClusterProcess:
@@ -394,40 +389,27 @@ def start_redis_cluster(dir: str | Path, nodes: int = 3, timeout_s: float = 30) 
     until every node says ``cluster_state:ok``; stopped by ``stop()`` (also on a failed start)."""
     import shutil
 
-    exe = shutil.which("redis-server")
-    if exe is None or shutil.which("redis-cli") is None:
-        raise FileNotFoundError("redis-server and redis-cli are not installed (apt-get install redis-server redis-tools)")
+    if shutil.which("redis-cli") is None:
+        raise FileNotFoundError("redis-cli is not installed (apt-get install redis-server redis-tools)")
     if nodes < 3:
         raise ValueError("redis-cli --cluster create needs at least 3 masters")
     d = Path(dir)
-    d.mkdir(parents=True, exist_ok=True)
-    cluster = RedisClusterProcess(d, [free_port() for _ in range(nodes)])
+    ports = [free_port() for _ in range(nodes)]
+    # the bus port on a free port of its own: the default (port + 10000) fails above 55535 or may be taken
+    cluster = RedisClusterProcess([RedisProcess(d / str(p), p, args=(
+        "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", f"nodes-{p}.conf",
+        "--appendonly", "no", "--save", "")) for p in ports])
     try:
-        for port in cluster.ports:
-            nd = d / str(port)
-            nd.mkdir(exist_ok=True)
-            # the bus port on a free port of its own: the default (port + 10000) fails above 55535 or may be taken
-            with open(nd / "redis.log", "a") as log:
-                cluster.procs.append(popen(
-                    [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(nd), "--cluster-enabled", "yes",
-                     "--cluster-port", str(free_port()),
-                     "--cluster-config-file", f"nodes-{port}.conf", "--appendonly", "no", "--save", "",
-                     "--protected-mode", "no"], stdout=log, stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + timeout_s
-        for port, proc in zip(cluster.ports, cluster.procs, strict=True):
-            while cluster.cli(port, "ping").strip() != "PONG":
-                if proc.poll() is not None:
-                    raise RuntimeError(f"redis-server :{port} exited: {(d / str(port) / 'redis.log').read_text()[-1000:]}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"redis-server :{port} not answering after {timeout_s} s")
-                time.sleep(0.05)
+        for node in cluster.nodes:
+            node.start(timeout_s)
         from shared.proc import run
 
-        made = run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in cluster.ports),
+        made = run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
                     "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=timeout_s)
         if made.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {made.stdout[-1000:]}{made.stderr[-1000:]}")
-        for port in cluster.ports:  # every node must have learned the whole slot map
+        deadline = time.monotonic() + timeout_s
+        for port in ports:  # every node must have learned the whole slot map
             while "cluster_state:ok" not in cluster.cli(port, "cluster", "info"):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"cluster node :{port} not in cluster_state:ok after {timeout_s} s")
