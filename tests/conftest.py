@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from testbed import services
-from tests.support import SERVER_TEST_CONFIG, RedisServer, Victim, cleanup_prefix, free_port, server_env
+from testbed.services import RedisProcess, start_redis
+from tests.support import SERVER_TEST_CONFIG, Victim, cleanup_prefix, free_port, server_env
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -44,12 +45,10 @@ def redis_server_factory(tmp_path):
     """Start private redis-servers (skips when redis-server is not installed); stopped at teardown."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server not installed (apt-get install redis-server)")
-    started: list[RedisServer] = []
+    started: list[RedisProcess] = []
 
-    def make() -> RedisServer:
-        d = tmp_path / f"redis{len(started)}"
-        d.mkdir()
-        r = RedisServer(d).start()
+    def make() -> RedisProcess:
+        r = start_redis(tmp_path / f"redis{len(started)}")  # AOF, fsync always: a restart keeps the data
         started.append(r)
         return r
 

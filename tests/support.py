@@ -13,13 +13,11 @@ from __future__ import annotations
 import re
 import secrets
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from shared.proc import popen
 from testbed import services
 from testbed.services import free_port, wait_ready
 
@@ -40,7 +38,7 @@ SERVER_TEST_CONFIG: dict[str, Any] = {
     },
 }
 
-__all__ = ["REPO", "SERVER_ADMIN_TOKEN", "SERVER_TEST_CONFIG", "InProcessApi", "RedisServer", "Victim", "assert_error",
+__all__ = ["REPO", "SERVER_ADMIN_TOKEN", "SERVER_TEST_CONFIG", "InProcessApi", "Victim", "assert_error",
            "cleanup_prefix", "compose_env", "free_port", "metric", "server_env", "wait_http"]
 
 
@@ -86,39 +84,6 @@ def cleanup_prefix(url: str, prefix: str) -> None:
     keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
     if keys:
         r.delete(*keys)
-
-
-class RedisServer:
-    """A private redis-server on its own port (AOF with fsync always, so restarts keep data)."""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.dir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.proc = popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                           "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            if subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True).stdout.strip() == "PONG":
-                return self
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            subprocess.run(["redis-cli", "-p", str(self.port), "shutdown"], capture_output=True)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
 
 class Victim:

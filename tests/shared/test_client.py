@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves annotatio
 
 from shared.client import ApiAuthError, ApiClient, ApiGiveUp, ApiRequestError, BudgetExceeded
 from testbed.services import ThreadedServer
-from tests.support import SERVER_TEST_CONFIG, RedisServer, Victim, cleanup_prefix
+from tests.support import SERVER_TEST_CONFIG, Victim, cleanup_prefix
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.live]
 
@@ -117,7 +117,7 @@ def test_503_store_outage_is_waited_out(redis_server_factory, server_factory):
 
     def restart():
         time.sleep(1.5)
-        RedisServer(r.dir, r.port).start()
+        r.start()  # same port, same AOF
 
     t = threading.Thread(target=restart)
     t.start()
