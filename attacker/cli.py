@@ -1,7 +1,8 @@
 """heist-attack: steal the victim encoder over HTTP, measure copies.
 
     heist-attack steal --url URL --api-key KEY [--api-key KEY2 ...] --queries N --loss LOSS \
-        --query-set attack|shifted_train|real:NAME:ROOT --out DIR --cache DIR [--mode direct|recreate-head|access-head]
+        --query-set attack|shifted_train|DATASET:SPLIT|real:NAME:ROOT --out DIR --cache DIR \
+        [--mode direct|recreate-head|access-head] [--dataset heist-shapes|mnist5k|...]
     heist-attack evaluate --checkpoint DIR [--checkpoint DIR ...] --url URL --api-key KEY --cache DIR --out DIR
     heist-attack probe --checkpoint DIR
 """
@@ -38,14 +39,20 @@ def _command_line() -> str:
     return shlex.join(["heist-attack", *out[1:]])
 
 
+def _spec(args: argparse.Namespace):
+    """The dataset the attacker measures on (and queries, unless --query-set names another)."""
+    from shared.data.synthetic import dataset_spec
+
+    return dataset_spec(args.dataset, seed=args.data_seed, root=args.data_root)
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from shared.checkpoint import load_checkpoint
-    from shared.data.synthetic import DataSpec
     from shared.device import resolve_device
     from shared.train.evaluate import format_report, probe_report
 
     ckpt = load_checkpoint(args.checkpoint)
-    spec = DataSpec(seed=args.data_seed)
+    spec = _spec(args)
     metrics = probe_report(ckpt.encoder, spec, resolve_device("auto"), args.probe_train_size, progress=True)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics))
     return 0
@@ -53,9 +60,8 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 def _evaluate(stolen_ckpt, args, keys, cache, cost: dict | None, out: Path, command: str) -> dict:
     from attacker.measure import probe_api, probe_local, ratios, write_report
-    from shared.data.synthetic import DataSpec
 
-    spec = DataSpec(seed=args.data_seed)
+    spec = _spec(args)
     cap = args.probe_train_size
     print(f"evaluate: linear probes of the stolen copy (probe train size {cap})", file=sys.stderr)
     stolen = probe_local(stolen_ckpt.encoder, spec, cap)
@@ -82,7 +88,7 @@ def _cmd_steal(args: argparse.Namespace) -> int:
     keys = _keys(args)
     cfg = StealConfig(loss=args.loss, mode=args.mode, arch=args.arch, width=args.width, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, aug_reuse=args.aug_reuse, seed=args.seed, device=args.device)
-    qs = load_query_set(args.query_set, args.queries, args.data_seed)
+    qs = load_query_set(args.query_set, args.queries, args.data_seed, dataset=args.dataset, root=args.data_root)
     images, labels = qs.images, qs.labels
     if args.avoid_similar is not None:
         keep = drop_similar(images, args.avoid_similar)
@@ -139,10 +145,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from attacker.measure import plot_accuracy, probe_api, probe_local, ratios, write_report
     from shared.cache import QueryCache
     from shared.checkpoint import load_checkpoint
-    from shared.data.synthetic import DataSpec
 
     keys = _keys(args)
-    spec = DataSpec(seed=args.data_seed)
+    spec = _spec(args)
     out = Path(args.out)
     rows = []
     with QueryCache(args.cache) as cache:
@@ -159,7 +164,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         report.update(stolen={k: v for k, v in rows[0].items() if k.startswith("probe_")}, ratio=rows[0]["ratio"],
                       cost=rows[0]["cost"])
     write_report(out, report)
-    plot = plot_accuracy(rows, out / "accuracy_vs_queries.png", victim.get("probe_shape"))
+    metric = f"probe_{spec.main_task}"
+    plot = plot_accuracy(rows, out / "accuracy_vs_queries.png", victim.get(metric), metric=metric)
     for r in rows:
         print(f"{r['checkpoint']}: {r['loss']}/{r['mode']} {r['queries']} queries: "
               + ", ".join(f"{k} {100 * r[k]:.1f}% (ratio {r['ratio'][k]:.3f})" for k in r["ratio"]))
@@ -175,6 +181,15 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     p.add_argument("--pow-workers", type=int, default=1, help="processes solving proof-of-work challenges")
     p.add_argument("--probe-train-size", type=int, default=5000, help="probe training images per split (same for both sides)")
+    _data_args(p)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    from shared.data.synthetic import DATASETS
+
+    p.add_argument("--dataset", choices=DATASETS, default=DATASETS[0],
+                   help="the benchmark to measure on and query from (default: %(default)s; mnist5k: real MNIST digits)")
+    p.add_argument("--data-root", default=None, help="folder of a folder dataset's files (cifar10, svhn, ...)")
     p.add_argument("--data-seed", type=int, default=0)
 
 
@@ -188,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("steal", help="buy victim answers (resumable) and train a stolen copy")
     _client_args(st)
     st.add_argument("--queries", type=int, required=True, help="images to query (the first N of the query set)")
-    st.add_argument("--query-set", default="attack", help="attack | shifted_train | real:NAME:ROOT")
+    st.add_argument("--query-set", default="attack",
+                    help="attack | shifted_train (splits of --dataset) | DATASET:SPLIT (another benchmark, e.g. "
+                         "heist-shapes:shifted_train) | real:NAME:ROOT")
     st.add_argument("--loss", choices=STEALING_LOSSES, default="mse")
     st.add_argument("--mode", choices=MODES, default="direct")
     st.add_argument("--arch", default="resnet18")
@@ -221,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("probe", help="linear-probe accuracy of a checkpoint on the downstream tasks")
     pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("--data-seed", type=int, default=0)
+    _data_args(pr)
     pr.add_argument("--probe-train-size", type=int, default=None)
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=_cmd_probe)

@@ -19,25 +19,30 @@ import torch
 
 from attacker.queries import acquire
 from shared.cache import QueryCache
-from shared.data.synthetic import MAIN_TASK, TASKS, DataSpec, load_split
+from shared.data.synthetic import MAIN_TASK, DataSpec, load_split
 from shared.probe import extract_features, linear_probe
 
-PROBE_SETS = [(task, "train", "test") for task in TASKS] + [(f"{MAIN_TASK}_shifted", "shifted_train", "shifted_test")]
+
+def probe_sets(spec: DataSpec) -> list[tuple[str, str, str, str]]:
+    """(probe name, task, train split, test split) for every task, and the main task on the shifted domain if any."""
+    sets = [(task, task, "train", "test") for task in spec.tasks]
+    if "shifted_train" in spec.splits and "shifted_test" in spec.splits:
+        sets.append((f"{spec.main_task}_shifted", spec.main_task, "shifted_train", "shifted_test"))
+    return sets
 
 
 def _splits(spec: DataSpec, cap: int | None) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
     out = {}
-    for split in ("train", "test", "shifted_train", "shifted_test"):
+    for split in sorted({s for _, _, tr, te in probe_sets(spec) for s in (tr, te)}):
         ds = load_split(spec, split, progress=False)
         sl = slice(0, cap if (cap and split.endswith("train")) else len(ds.images))
         out[split] = (ds.images[sl], {t: y[sl] for t, y in ds.labels.items()})
     return out
 
 
-def _probes(feats: dict[str, np.ndarray], splits) -> dict[str, float]:
+def _probes(spec: DataSpec, feats: dict[str, np.ndarray], splits) -> dict[str, float]:
     res = {}
-    for name, tr, te in PROBE_SETS:
-        task = MAIN_TASK if name.endswith("_shifted") else name
+    for name, task, tr, te in probe_sets(spec):
         r = linear_probe(feats[tr], splits[tr][1][task], feats[te], splits[te][1][task])
         res[f"probe_{name}"] = round(r.top1, 4)
     return res
@@ -46,7 +51,7 @@ def _probes(feats: dict[str, np.ndarray], splits) -> dict[str, float]:
 def probe_local(encoder: torch.nn.Module, spec: DataSpec, cap: int | None = 5000, progress: bool = True) -> dict[str, float]:
     splits = _splits(spec, cap)
     feats = {s: extract_features(encoder, imgs, progress=progress) for s, (imgs, _) in splits.items()}
-    return _probes(feats, splits)
+    return _probes(spec, feats, splits)
 
 
 def probe_api(url: str, key: str, spec: DataSpec, cache: QueryCache, cap: int | None = 5000, concurrency: int = 4,
@@ -59,7 +64,7 @@ def probe_api(url: str, key: str, spec: DataSpec, cache: QueryCache, cap: int | 
         feats[s] = got.answers
         cost["from_cache"] += got.from_cache
         cost["bought"] += got.bought
-    return _probes(feats, splits), cost
+    return _probes(spec, feats, splits), cost
 
 
 def ratios(stolen: dict[str, float], victim: dict[str, float]) -> dict[str, float]:

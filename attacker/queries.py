@@ -40,8 +40,13 @@ class QuerySet:
     labels: np.ndarray | None  # main-task labels (SupCon needs them), or None
 
 
-def load_query_set(source: str, n: int, data_seed: int = 0) -> QuerySet:
-    """``attack`` | ``shifted_train`` | any synthetic split name | ``real:NAME:ROOT`` (first ``n`` images)."""
+def load_query_set(source: str, n: int, data_seed: int = 0, dataset: str = "heist-shapes", root: str | None = None) -> QuerySet:
+    """The first ``n`` images of a query set.
+
+    ``source``: a split of ``dataset`` open to the attacker (``attack``, ``shifted_train``, ``public``),
+    ``DATASET:SPLIT`` for a split of another benchmark (an off-distribution thief), or
+    ``real:NAME:ROOT`` for a folder dataset's training files.
+    """
     if n < 1:
         raise ValueError(f"--queries must be >= 1, got {n}")
     if source.startswith("real:"):
@@ -54,22 +59,27 @@ def load_query_set(source: str, n: int, data_seed: int = 0) -> QuerySet:
         labels = ds.labels[TASK]
         labels = labels if (labels >= 0).all() else None
     else:
-        from shared.data.synthetic import MAIN_TASK, DataSpec, SplitSpec, cache_dir, generate_split, load_split
+        from shared.data.synthetic import SHAPES, SplitSpec, cache_dir, dataset_spec, generate_split, load_split
 
-        spec = DataSpec(seed=data_seed)
+        if ":" in source:
+            dataset, source = source.split(":", 1)
+            root = None if dataset == SHAPES else root
+        spec = dataset_spec(dataset, seed=data_seed, root=root)
         if source not in spec.splits:
-            raise ValueError(f"unknown query set {source!r}; use attack, shifted_train or real:NAME:ROOT")
+            raise ValueError(f"unknown query set {source!r} of {dataset}; use attack, shifted_train, DATASET:SPLIT "
+                             "or real:NAME:ROOT")
         if source in ("train", "test", "shifted_test"):
             raise ValueError(f"query set {source!r} is off limits to the attacker (victim's private or evaluation data)")
         size = spec.splits[source].size
         if n > size:
-            raise ValueError(f"query set {source!r} has {size} images, {n} asked")
-        if (cache_dir(spec) / f"{source}.npz").exists() or n > size // 2:
+            raise ValueError(f"query set {dataset}:{source} has {size} images, {n} asked")
+        if spec.name != SHAPES or (cache_dir(spec) / f"{source}.npz").exists() or n > size // 2:
             ds = load_split(spec, source, progress=True)
-        else:  # splits are prefix-stable: render only the first n images (in memory)
+        else:  # procedural splits are prefix-stable: render only the first n images (in memory)
             part = spec.model_copy(update={"splits": {source: SplitSpec(domain=spec.splits[source].domain, size=n)}})
             ds = generate_split(part, source, progress=False)
-        labels = ds.labels[MAIN_TASK]
+        labels = ds.labels[spec.main_task]
+        source = source if spec.name == SHAPES else f"{spec.name}:{source}"
     if n > len(ds.images):
         raise ValueError(f"query set {source!r} has {len(ds.images)} images, {n} asked")
     return QuerySet(source, np.ascontiguousarray(ds.images[:n]), None if labels is None else labels[:n])

@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from shared.data.synthetic import DataSpec, cache_dir, make_all
+    from shared.data.synthetic import cache_dir, dataset_spec, make_all
 
-    spec = DataSpec(seed=args.seed)
+    spec = dataset_spec(args.dataset, seed=args.seed, root=args.data_root)
     if args.scale != 1.0:
         spec = spec.scaled(args.scale)
     sets = make_all(spec)
@@ -40,8 +40,12 @@ def _train_config(args: argparse.Namespace):
         update["kind"] = args.kind
     if args.domain == "shifted":
         update["train_split"] = "shifted_train"
+    if args.dataset is not None:
+        from shared.data.synthetic import dataset_spec
+
+        update["data"] = dataset_spec(args.dataset, seed=cfg.data.seed, root=args.data_root)
     if args.data_seed is not None:
-        update["data"] = cfg.data.model_copy(update={"seed": args.data_seed})
+        update["data"] = update.get("data", cfg.data).model_copy(update={"seed": args.data_seed})
     return cfg.model_validate({**cfg.model_dump(), **update})
 
 
@@ -205,7 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "the victim API and its accounts.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("data", help="generate (or reuse) the procedural heist-shapes dataset on disk")
+    from shared.data.synthetic import DATASETS
+
+    d = sub.add_parser("data", help="generate (or reuse) a dataset's splits on disk (default: the procedural heist-shapes)")
+    d.add_argument("--dataset", choices=DATASETS, default=DATASETS[0], help="heist-shapes (procedural), mnist5k (real MNIST "
+                   "digits, installed with the package), or a folder dataset read from --data-root")
+    d.add_argument("--data-root", default=None, help="folder of a folder dataset's files (cifar10, svhn, ...)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--scale", type=float, default=1.0, help="multiply every split size (tiny runs use 0.05)")
     d.set_defaults(func=_cmd_data)
@@ -217,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--domain", choices=["in", "shifted"], default="in", help="train on the in-distribution or the shifted domain")
     t.add_argument("--no-watermark", action="store_true", help="train without the rotation predictor (negative controls)")
     t.add_argument("--seed", type=int)
+    t.add_argument("--dataset", choices=DATASETS, help="train on this benchmark's splits instead of the preset's "
+                   "(mnist5k: real MNIST digits)")
+    t.add_argument("--data-root", default=None, help="folder of a folder dataset's files (cifar10, svhn, ...)")
     t.add_argument("--data-seed", type=int, help="dataset seed (default: the preset's)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--train-size", type=int, help="train on the first N images of the split only (a smaller private set)")

@@ -6,11 +6,12 @@
    shipped default victim (``assets/victim-cpu``: weights checked against its sha256, see its
    README for the command that made it); else, or with ``--train-victim``, train it
    (``heist-server train --preset P``);
-2. data: the victim's procedural heist-shapes dataset (cached under data/);
+2. data: the victim's benchmark (its checkpoint's data spec: the procedural heist-shapes by default,
+   ``--dataset mnist5k`` for real MNIST digits; cached under data/);
 3. legitimate profile of that victim (``python -m testbed.profile``; cached in the victim folder);
 4. the victim API (``heist-server serve``) on loopback: embedded store, or Redis when ``REDIS_URL`` is set;
    one tier per policy: ``none`` (baseline) and the chosen one;
-5. a legitimate customer on each tier runs its narrow task (3 shape classes, linear probe);
+5. a legitimate customer on each tier runs its narrow task (3 classes, linear probe);
 6. a thief on each tier runs ``heist-attack steal`` (PoW, Retry-After, resumable cache);
 7. each stolen copy is hosted as a suspect API (``heist-server serve --obfuscate permute``) and the
    owner runs ``heist-defend verify`` against that endpoint (watermark, aligned watermark, DI, similarity);
@@ -74,9 +75,11 @@ def copy_shipped_victim(src: Path, dest: Path) -> None:
         shutil.move(dest / (name + ".tmp"), dest / name)
 
 
-def ensure_victim(victim: Path, preset: str, train: bool = False) -> dict:
+def ensure_victim(victim: Path, preset: str, train: bool = False, dataset: str | None = None) -> dict:
     if (victim / "config.json").is_file():
         console.print(f"reusing the victim in {victim}")
+    elif dataset is not None:
+        run(["server.cli", "train", "--preset", preset, "--dataset", dataset, "--out", str(victim)])
     elif not train and (src := shipped_victim(preset)) is not None:
         copy_shipped_victim(src, victim)
         console.print(f"using the shipped {preset} victim ({src.relative_to(REPO)}, made by the command in its README) "
@@ -94,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu", help="training preset when the victim must be trained")
     p.add_argument("--train-victim", action="store_true", help="train a missing victim here instead of copying the "
                    "shipped one (assets/victim-<preset>); the cpu preset trains 10 epochs of 20,000 images")
-    p.add_argument("--queries", type=int, default=4000, help="thief's query budget (attack split)")
+    p.add_argument("--dataset", default=None, help="train a missing victim on this benchmark (e.g. mnist5k); "
+                   "default: the preset's procedural heist-shapes (a reused victim keeps its own)")
+    p.add_argument("--queries", type=int, default=4000, help="thief's query budget (attack split; at most its size)")
     p.add_argument("--loss", default="mse", help="thief's stealing loss")
     p.add_argument("--epochs", type=int, default=20, help="thief's training epochs")
     p.add_argument("--obfuscate", default="permute", choices=["none", "permute", "affine", "pad_shuffle"],
@@ -105,12 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
 
+    import numpy as np
     import torch
 
     from attacker.measure import probe_local
     from shared.cache import QueryCache
     from shared.checkpoint import load_checkpoint
-    from shared.data.synthetic import DataSpec, make_all
+    from shared.data.synthetic import DataSpec, load_split, make_all
     from testbed.legit import LegitTask, legit_user
     from testbed.policies import POLICIES, policy_tiers, representation_scale
 
@@ -124,10 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     total = 8
 
     step(1, total, "victim (reused or trained)")
-    vcfg = ensure_victim(a.victim, a.preset, a.train_victim)
+    vcfg = ensure_victim(a.victim, a.preset, a.train_victim, a.dataset)
     step(2, total, "data (the victim's dataset spec)")
     spec = DataSpec.model_validate(vcfg["data"]["spec"])
     make_all(spec)
+    queries = min(a.queries, spec.splits["attack"].size)
+    test_labels = load_split(spec, "test", progress=False).labels[spec.main_task]
+    task = LegitTask(images=min(1200, 3 * int(np.bincount(test_labels).min())))  # 3 classes' worth of the test split
     victim_metrics = vcfg.get("metrics", {})
     step(3, total, "legitimate profile of this victim")
     profile = a.victim / "legit_profile.json"
@@ -137,28 +146,29 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"reusing {profile}")
     policies = ["none"] if a.policy == "none" else ["none", a.policy]
     tiers = policy_tiers(policies, profile, representation_scale(a.victim))
-    summary: dict = {"policy": a.policy, "store": "redis" if redis_url else "embedded", "victim": str(a.victim),
+    summary: dict = {"policy": a.policy, "dataset": spec.name, "main_task": spec.main_task, "store": "redis" if redis_url else "embedded", "victim": str(a.victim),
                      "victim_quality": {k: v for k, v in victim_metrics.items() if k.startswith(("probe_", "watermark"))}}
 
     step(4, total, f"victim API ({summary['store']} store), tiers {', '.join(tiers)}")
     with serve(a.victim, {"tiers": tiers, "max_images_per_request": 64}, redis_url=redis_url,
                log_path=out / "victim-api.log") as victim_api:
         console.print(f"victim API at {victim_api.url}")
-        step(5, total, "legitimate customers (3 shape classes, linear probe on bought embeddings)")
+        step(5, total, f"legitimate customers (3 {spec.main_task} classes, linear probe on bought embeddings)")
         legit = {}
         for pol in policies:
             key = victim_api.new_account(f"customer-{pol}", f"policy-{pol}")
             with QueryCache(out / f"customer-{pol}") as cache:
-                legit[pol] = legit_user(victim_api.url, key, cache, LegitTask(), spec=spec)
+                legit[pol] = legit_user(victim_api.url, key, cache, task, spec=spec)
             console.print(f"customer on policy {pol}: accuracy {100 * legit[pol]['accuracy']:.1f}% "
                           f"({legit[pol]['queries']} queries, {legit[pol]['seconds']} s, {legit[pol]['pow_hashes']} PoW hashes)")
         summary["customer"] = legit
         thieves: dict[str, dict] = {}
-        step(6, total, f"thieves steal over HTTP ({a.queries} queries, loss {a.loss}), one per tier")
+        step(6, total, f"thieves steal over HTTP ({queries} queries, loss {a.loss}), one per tier")
         for pol in policies:
             key = victim_api.new_account(f"thief-{pol}", f"policy-{pol}")
-            run(["attacker.cli", "steal", "--url", victim_api.url, "--queries", str(a.queries), "--loss", a.loss,
-                 "--query-set", "attack", "--data-seed", str(spec.seed), "--width", "16", "--epochs", str(a.epochs),
+            data_root = [] if spec.root is None else ["--data-root", spec.root]
+            run(["attacker.cli", "steal", "--url", victim_api.url, "--queries", str(queries), "--loss", a.loss,
+                 "--query-set", "attack", "--dataset", spec.name, *data_root, "--data-seed", str(spec.seed), "--width", "16", "--epochs", str(a.epochs),
                  "--batch-size", "128", "--out", str(out / f"stolen-{pol}"), "--cache", str(out / f"thief-cache-{pol}"),
                  "--no-eval", "--threads", str(a.threads)], env={"HEIST_API_KEYS": key})
             thieves[pol] = {"defence_state": victim_api.account_defences(f"thief-{pol}")}
@@ -211,12 +221,13 @@ def summary_rows(summary: dict, policies: list[str]) -> list[list[str]]:
     """The summary table: one column per tier (undefended, then the chosen policy)."""
     from shared.data.synthetic import MAIN_TASK
 
-    vq = summary["victim_quality"].get(f"probe_{MAIN_TASK}")
+    task = summary.get("main_task", MAIN_TASK)
+    vq = summary["victim_quality"].get(f"probe_{task}")
     cust, thieves = summary["customer"], summary["thieves"]
-    rows = [["victim", f"linear probe {MAIN_TASK} (local)", *([_pct(vq)] * len(policies))],
+    rows = [["victim", f"linear probe {task} (local)", *([_pct(vq)] * len(policies))],
             ["customer", "3-class task accuracy via API", *(_pct(cust[p]["accuracy"]) for p in policies)],
             ["customer", "PoW hashes paid", *(str(cust[p]["pow_hashes"]) for p in policies)],
-            ["thief", f"stolen copy, linear probe {MAIN_TASK}", *(_pct(thieves[p]["quality"][f"probe_{MAIN_TASK}"]) for p in policies)],
+            ["thief", f"stolen copy, linear probe {task}", *(_pct(thieves[p]["quality"][f"probe_{task}"]) for p in policies)],
             ["thief", "queries / wall time", *(f"{thieves[p]['cost'].get('queries')} / {thieves[p]['cost'].get('wall_seconds')} s"
                                                for p in policies)],
             ["thief", "PoW hashes / seconds", *(f"{thieves[p]['cost'].get('pow_hashes', 0)} / {thieves[p]['cost'].get('pow_seconds', 0)} s"

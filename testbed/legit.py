@@ -1,7 +1,7 @@
 """A legitimate customer: a narrow downstream task solved with the victim's embeddings over HTTP.
 
-The customer owns a small labelled dataset of a few shape classes (by default 3 classes, 1,200
-images of the ``test`` split, as the recorded legitimate profile's users), buys the embeddings of
+The customer owns a small labelled dataset of a few classes of the benchmark's main task (by
+default 3 classes, up to 1,200 images of the ``test`` split, as the recorded legitimate profile's users), buys the embeddings of
 all of it through the API (same client as everyone: PoW, Retry-After, cache), trains a linear probe
 on two thirds and reports top-1 on the other third. Under a defence policy the same customer's
 accuracy shows what the defence costs honest users.
@@ -17,7 +17,7 @@ import numpy as np
 
 from shared.buy import buy, merged_stats
 from shared.cache import QueryCache
-from shared.data.synthetic import MAIN_TASK, DataSpec, load_split
+from shared.data.synthetic import DataSpec, load_split
 from shared.probe import linear_probe
 from testbed.profile import legit_streams
 
@@ -35,9 +35,11 @@ class LegitTask:
 
 
 def task_images(task: LegitTask, spec: DataSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
-    ds = load_split(spec or DataSpec(), task.split, progress=False)
-    idx = legit_streams(ds.labels[MAIN_TASK], users=1, images=task.images, classes=task.classes, seed=task.seed)[0]
-    return ds.images[idx], ds.labels[MAIN_TASK][idx]
+    spec = spec or DataSpec()
+    ds = load_split(spec, task.split, progress=False)
+    labels = ds.labels[spec.main_task]
+    idx = legit_streams(labels, users=1, images=task.images, classes=task.classes, seed=task.seed)[0]
+    return ds.images[idx], labels[idx]
 
 
 def legit_user(url: str, key: str, cache: QueryCache, task: LegitTask | None = None, *, spec: DataSpec | None = None,

@@ -56,7 +56,8 @@ def encode(checkpoint, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray
 
 
 def legit_streams(shapes: np.ndarray, users: int, images: int, classes: int, seed: int = 0) -> list[np.ndarray]:
-    """Index streams of legitimate users: each picks ``classes`` shape classes and sends ``images`` of them."""
+    """Index streams of legitimate users: each picks ``classes`` classes of the main task (``shapes``: its labels)
+    and sends ``images`` of them (at most as many as those classes have)."""
     rng = np.random.default_rng(seed)
     out = []
     labels = np.unique(shapes)
@@ -126,7 +127,7 @@ def record_profile(checkpoint: str | Path, *, users: int = 5, images: int = 1200
     from shared.data.synthetic import DataSpec, load_split
 
     ck = load_checkpoint(checkpoint).eval()
-    spec = spec or DataSpec()
+    spec = spec or DataSpec.model_validate(ck.config.data.get("spec", {}))  # the victim's own benchmark
     test, attack = load_split(spec, "test"), load_split(spec, "attack")
     c = None
     if center:
@@ -135,7 +136,7 @@ def record_profile(checkpoint: str | Path, *, users: int = 5, images: int = 1200
     lsh = LshSpec(hyperplanes=hyperplanes, hash_sets=hash_sets, center=None if c is None else np.round(c, 6).tolist())
     sim = SimilaritySpec(space=space, metric=metric, tau=tau)
     planes = simhash_planes(b"profile-recorder", ck.config.representation_dim, hyperplanes, hash_sets)
-    streams = [("legit", f"legit{i}", test, s) for i, s in enumerate(legit_streams(test.labels["shape"], users, images, classes, seed))]
+    streams = [("legit", f"legit{i}", test, s) for i, s in enumerate(legit_streams(test.labels[spec.main_task], users, images, classes, seed))]
     streams += [("attack", f"attack{i}", attack, s) for i, s in enumerate(attacker_streams(len(attack), attackers, attacker_images, seed + 1))]
     traces = []
     for kind, user, ds, idx in tqdm(streams, desc="recording workloads", unit="account"):
@@ -153,7 +154,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     rp.add_argument("--traces", help="also write every simulated account's trajectory (JSON)")
     rp.add_argument("--users", type=int, default=5)
     rp.add_argument("--images", type=int, default=1200, help="images per legitimate user")
-    rp.add_argument("--classes", type=int, default=3, help="shape classes per legitimate user")
+    rp.add_argument("--classes", type=int, default=3, help="main-task classes per legitimate user")
     rp.add_argument("--batch", type=int, default=32, help="images per request")
     rp.add_argument("--attackers", type=int, default=1, help="attacker traces recorded alongside (not used by the profile)")
     rp.add_argument("--attacker-images", type=int, default=4000)
@@ -175,7 +176,7 @@ def _record(args: argparse.Namespace) -> int:
     prof.save(args.out)
     if args.traces:
         dump(args.traces, {"profile": str(args.out), "traces": traces_to_json(traces)})
-    print(f"legitimate profile from {args.users} users x {args.images} images ({args.classes} shape classes each) -> {args.out}")
+    print(f"legitimate profile from {args.users} users x {args.images} images ({args.classes} classes each) -> {args.out}")
     print(f"  coverage after {prof.images[-1]} images <= {prof.coverage[-1]:.4f}; similar-query rate <= {prof.similar_rate:.4f}; "
           f"volume <= {prof.volume}")
     for t in traces:

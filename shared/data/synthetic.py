@@ -1,8 +1,14 @@
-"""The project's own benchmark: "heist shapes", seeded, split, cached on disk.
+"""The project's datasets as one seeded, split, cached spec (``DataSpec``).
 
-Splits are generated independently from (seed, split name, chunk index), so every split is
-deterministic, the first k images of a split do not depend on its total size, and no two splits
-share a generator stream (disjointness is by construction and checked by the tests on pixels).
+``DataSpec.name`` picks the dataset: ``heist-shapes`` (the default), the project's procedural
+benchmark generated here, or a real-image benchmark of ``shared.data.benchmarks`` (``mnist5k``,
+which installs with the package, or a folder dataset such as ``cifar10`` read from ``root``).
+Every dataset has the same split names, so every command takes any of them.
+
+Procedural splits are generated independently from (seed, split name, chunk index), so every
+split is deterministic, the first k images of a split do not depend on its total size, and no two
+splits share a generator stream (disjointness is by construction and checked by the tests on
+pixels). Real splits are disjoint blocks of a seeded class-stratified order of their pool.
 
 Splits of the default spec (photo = in-distribution, sketch = shifted domain):
 
@@ -14,6 +20,9 @@ Splits of the default spec (photo = in-distribution, sketch = shifted domain):
 | public        | photo  | the defender's public data (never trained on by anyone)        |
 | shifted_train | sketch | shifted-domain pool: attacker OOD queries, shifted probe train |
 | shifted_test  | sketch | shifted-domain probe test                                      |
+
+``mnist5k`` has the same six splits (2,500 / 1,000 / 1,000 / 500 real MNIST digits; the shifted
+domain is scikit-learn's 8 px digits, 1,200 / 597); folder datasets have no shifted splits.
 """
 
 from __future__ import annotations
@@ -25,10 +34,11 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm.auto import tqdm
 
 from shared.data.base import ImageSet
+from shared.data.benchmarks import BENCHMARKS, build_split
 from shared.data.render import DOMAINS, render_chunk
 from shared.data.shapes import PATTERN_NAMES, SHAPE_NAMES
 
@@ -36,19 +46,16 @@ CHUNK = 250
 FORMAT_VERSION = 2  # 2: the blob field's frequency is drawn per image (version 1 drew it per chunk)
 TASKS = {"shape": SHAPE_NAMES, "pattern": PATTERN_NAMES}
 MAIN_TASK = "shape"
+SHAPES = "heist-shapes"
+DATASETS: tuple[str, ...] = (SHAPES, *BENCHMARKS)
 
 
 class SplitSpec(BaseModel):
+    """One split: the domain (procedural) or pool (real dataset) it is drawn from, and its size."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     domain: str
     size: int = Field(gt=0)
-
-    @field_validator("domain")
-    @classmethod
-    def _known_domain(cls, v: str) -> str:
-        if v not in DOMAINS:
-            raise ValueError(f"unknown domain {v!r}; choose one of {DOMAINS}")
-        return v
 
 
 DEFAULT_SPLITS: dict[str, SplitSpec] = {
@@ -65,10 +72,31 @@ class DataSpec(BaseModel):
     """What to generate; its hash names the cache folder."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = "heist-shapes"
+    name: str = Field(default=SHAPES, description="the dataset: " + ", ".join(DATASETS))
     seed: int = 0
     image_size: int = Field(default=32, ge=16, le=128)
     splits: dict[str, SplitSpec] = Field(default_factory=lambda: dict(DEFAULT_SPLITS))
+    root: str | None = Field(default=None, description="folder of a real dataset's files (folder datasets only)")
+
+    @model_validator(mode="after")
+    def _known_dataset(self) -> DataSpec:
+        if self.name not in DATASETS:
+            raise ValueError(f"unknown dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
+        domains = DOMAINS if self.name == SHAPES else BENCHMARKS[self.name].pools
+        for split, sp in self.splits.items():
+            if sp.domain not in domains:
+                raise ValueError(f"split {split!r}: unknown domain {sp.domain!r} for {self.name}; choose one of {domains}")
+        return self
+
+    @property
+    def tasks(self) -> list[str]:
+        """The label tasks every split carries (the first is the main task)."""
+        return list(TASKS) if self.name == SHAPES else [BENCHMARKS[self.name].task]
+
+    @property
+    def main_task(self) -> str:
+        """The task that probes, customers and the supervised losses use."""
+        return MAIN_TASK if self.name == SHAPES else BENCHMARKS[self.name].task
 
     def scaled(self, factor: float) -> DataSpec:
         """The same spec with every split's size multiplied by ``factor`` (prefixes of the full splits)."""
@@ -76,8 +104,21 @@ class DataSpec(BaseModel):
         return self.model_copy(update={"splits": splits})
 
     def digest(self) -> str:
-        payload = json.dumps({"v": FORMAT_VERSION, **self.model_dump()}, sort_keys=True)
+        fields = self.model_dump(exclude={"root"} if self.root is None else set())  # unchanged for specs without root
+        payload = json.dumps({"v": FORMAT_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def dataset_spec(name: str = SHAPES, seed: int = 0, root: str | None = None, image_size: int = 32) -> DataSpec:
+    """The default spec of dataset ``name`` (its default splits)."""
+    if name == SHAPES:
+        return DataSpec(seed=seed, image_size=image_size, root=root)
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    splits = {k: SplitSpec(domain=pool, size=n) for k, (pool, n) in BENCHMARKS[name].splits.items()}
+    if BENCHMARKS[name].needs_root and root is None:
+        raise ValueError(f"dataset {name} reads its files from a folder: pass its root (--data-root DIR)")
+    return DataSpec(name=name, seed=seed, image_size=image_size, splits=splits, root=root)
 
 
 def default_data_dir() -> Path:
@@ -89,9 +130,12 @@ def _split_seed(split: str) -> int:
 
 
 def generate_split(spec: DataSpec, split: str, progress: bool = True) -> ImageSet:
-    """Render one split in memory (no cache)."""
+    """Render (procedural) or cut (real dataset) one split in memory (no cache)."""
     if split not in spec.splits:
-        raise KeyError(f"unknown split {split!r}; spec has {sorted(spec.splits)}")
+        raise KeyError(f"unknown split {split!r}; {spec.name} has {sorted(spec.splits)}")
+    if spec.name != SHAPES:
+        blocks = {k: (v.domain, v.size) for k, v in spec.splits.items()}
+        return build_split(spec.name, spec.seed, spec.image_size, spec.root, blocks, split)
     sp = spec.splits[split]
     n_chunks = -(-sp.size // CHUNK)
     images: list[np.ndarray] = []
@@ -125,16 +169,19 @@ def load_split(spec: DataSpec, split: str, root: Path | None = None, progress: b
         (folder / "spec.json").write_text(spec.model_dump_json(indent=2))
         tmp = path.with_suffix(".tmp.npz")
         # numpy's stub cannot tell that no label key is its allow_pickle flag
-        np.savez(tmp, images=ds.images, **{f"label_{t}": y for t, y in ds.labels.items()})  # type: ignore[arg-type]
+        arrays = {"images": ds.images, **{f"label_{t}": y for t, y in ds.labels.items()},
+                  **{f"classes_{t}": np.asarray(names, dtype=str) for t, names in ds.classes.items()}}
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
         tmp.replace(path)  # atomic: a killed run never leaves a half-written split
         return ds
     with np.load(path, allow_pickle=False) as z:
         labels = {k.removeprefix("label_"): z[k] for k in z.files if k.startswith("label_")}
+        classes = {k.removeprefix("classes_"): [str(c) for c in z[k]] for k in z.files if k.startswith("classes_")}
         return ImageSet(
             name=f"{spec.name}/{split}",
             images=z["images"],
             labels=labels,
-            classes={t: list(names) for t, names in TASKS.items()},
+            classes=classes or {t: list(names) for t, names in TASKS.items()},  # caches written before classes were stored
         )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from shared.checkpoint import Checkpoint, EncoderConfig, WatermarkSpec
-from shared.data.synthetic import MAIN_TASK, TASKS, DataSpec, load_split
+from shared.data.synthetic import DataSpec, load_split
 from shared.probe import extract_features, linear_probe
 from shared.watermark import predictor_accuracy, rotated_copies
 
@@ -25,7 +25,7 @@ def probe_report(encoder: torch.nn.Module, spec: DataSpec, device: torch.device,
     sl = _cap(len(train), probe_cap)
     ftr = extract_features(encoder, train.images[sl], device=device, progress=progress)
     fte = extract_features(encoder, test.images, device=device, progress=progress)
-    for task in TASKS:
+    for task in spec.tasks:
         out[f"probe_{task}"] = linear_probe(ftr, train.labels[task][sl], fte, test.labels[task]).top1
     if "shifted_train" in spec.splits and "shifted_test" in spec.splits:
         strain = load_split(spec, "shifted_train", progress=progress)
@@ -33,7 +33,8 @@ def probe_report(encoder: torch.nn.Module, spec: DataSpec, device: torch.device,
         sl2 = _cap(len(strain), probe_cap)
         fs_tr = extract_features(encoder, strain.images[sl2], device=device, progress=progress)
         fs_te = extract_features(encoder, stest.images, device=device, progress=progress)
-        out[f"probe_{MAIN_TASK}_shifted"] = linear_probe(fs_tr, strain.labels[MAIN_TASK][sl2], fs_te, stest.labels[MAIN_TASK]).top1
+        task = spec.main_task
+        out[f"probe_{task}_shifted"] = linear_probe(fs_tr, strain.labels[task][sl2], fs_te, stest.labels[task]).top1
     return out
 
 

@@ -90,8 +90,8 @@ def test_private_parts_disjoint_and_in_range():
 
 
 def test_unknown_domain_rejected():
-    with pytest.raises(ValueError, match="unknown domain"):
-        SplitSpec(domain="cartoon", size=10)
+    with pytest.raises(ValueError, match="unknown domain 'cartoon' for heist-shapes"):
+        DataSpec(splits={"x": SplitSpec(domain="cartoon", size=10)})
 
 
 class _DrawSpy:
