@@ -104,7 +104,7 @@ def decode_image(s: str, index: int, limits: ImageLimits) -> Image.Image:
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated WebP: first frame only
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -115,12 +115,27 @@ def decode_image(s: str, index: int, limits: ImageLimits) -> Image.Image:
         raise ImageError(index, 422, "invalid_image", f"corrupt or truncated image: {e}") from None
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """A decoded image in RGB: Pillow's ``convert("RGB")`` (alpha dropped, palette looked up, grey
+    repeated, CMYK converted without a colour profile), except 16-bit grey (``I;16*``, what Pillow
+    makes of a 16-bit greyscale PNG), whose samples keep their high byte, as Pillow reads 16-bit
+    colour PNGs; ``convert`` would clip them to 255 (a white image)."""
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
+def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """The size a w x h image takes when its shorter side is resized to ``size`` (before the crop)."""
+    scale = size / min(w, h)
+    return max(size, round(w * scale)), max(size, round(h * scale))
+
+
 def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
     """Resize the shorter side to ``size`` (bicubic), centre-crop to size x size; uint8 HWC."""
     w, h = img.size
     if (w, h) != (size, size):
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        nw, nh = resized_size(w, h, size)
         img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
         left, top = (nw - size) // 2, (nh - size) // 2
         img = img.crop((left, top, left + size, top + size))
@@ -130,11 +145,19 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
 def preprocess(inputs: list[str], size: int, limits: ImageLimits) -> np.ndarray:
     """Decode, validate, convert to RGB, resize/centre-crop: uint8 (N, size, size, 3).
 
-    Raises :class:`ImageError` for the first bad input (by index).
+    Raises :class:`ImageError` for the first bad input (by index). The resized image, before the
+    crop, is held to ``limits.max_pixels`` too: a long thin strip (1 x 100,000) would otherwise
+    grow to ``size`` x (100,000 x ``size``) pixels.
     """
     out = np.empty((len(inputs), size, size, 3), dtype=np.uint8)
     for i, s in enumerate(inputs):
-        out[i] = resize_center_crop(decode_image(s, i, limits), size)
+        img = decode_image(s, i, limits)
+        (w, h), (nw, nh) = img.size, resized_size(*img.size, size)
+        if nw * nh > limits.max_pixels:
+            raise ImageError(i, 413, "image_too_large",
+                             f"image is {w}x{h}: resizing its shorter side to {size} makes {nw}x{nh} = {nw * nh} pixels, "
+                             f"limit {limits.max_pixels} (aspect ratio too extreme)")
+        out[i] = resize_center_crop(img, size)
     return out
 
 
