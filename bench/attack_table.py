@@ -6,8 +6,10 @@ losses x query budgets, direct extraction, against the undefended victim (tier `
 
 Without --url it starts ``heist-server serve --checkpoint runs/victim`` itself on a free port
 (embedded store, tier ``unlimited``: no limits, no defences) and creates the accounts through the
-admin endpoint. Queries are the first N images of the query set (default the ``attack`` split;
-``shifted_train`` is the other domain), bought once per budget
+admin endpoint. The benchmark is the victim's own (its checkpoint's data spec: heist-shapes, or
+mnist5k for a victim trained with ``--dataset mnist5k``). Queries are the first N images of the
+query set (default the ``attack`` split; ``shifted_train`` is the other domain; ``DATASET:SPLIT``
+another benchmark), bought once per budget
 through one thief account and cached (tables over several losses reuse the same answers, as an
 attacker would); the victim's quality is measured by a separate customer account through the API.
 Writes results/attack/<out>.json, results/attack/<out>.md and
@@ -27,12 +29,12 @@ from pathlib import Path
 import torch
 
 from attacker.cache import QueryCache
-from attacker.measure import plot_accuracy, probe_api, probe_local, ratios
+from attacker.measure import plot_accuracy, probe_api, probe_local, probe_sets, ratios
 from attacker.queries import acquire, load_query_set
 from attacker.steal import StealConfig, train_stolen
 from bench.harness import command, output, table, write_json
 from shared.checkpoint import load_checkpoint, save_checkpoint
-from shared.data.synthetic import MAIN_TASK, DataSpec
+from shared.data.synthetic import DataSpec
 from testbed.services import new_key, serve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,15 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         a.losses, a.budgets, a.epochs, a.width, a.probe_train_size = "mse,infonce", "500,1000", 2, 8, 2000
         a.out = a.out + "_quick" if a.out == "attack_table" else a.out
     losses, budgets = a.losses.split(","), sorted(int(b) for b in a.budgets.split(","))
-    spec = DataSpec()
     vcfg = load_checkpoint(a.checkpoint).config
+    spec = DataSpec.model_validate(vcfg.data.get("spec", {}))  # the victim's benchmark
+    main_probe = f"probe_{spec.main_task}"
     private = vcfg.data.get("train_size") or spec.splits[vcfg.data.get("train_split", "train")].size
 
     def run(url: str, thief: str, customer: str) -> dict:
         cache = QueryCache(a.cache)
         print(f"victim through the API (customer account), probe train size {a.probe_train_size}", file=sys.stderr)
         victim, vcost = probe_api(url, customer, spec, cache, a.probe_train_size)
-        qs = load_query_set(a.query_set, max(budgets))
+        qs = load_query_set(a.query_set, max(budgets), spec.seed, dataset=spec.name, root=spec.root)
         t0 = time.perf_counter()
         got = asyncio.run(acquire(url, [thief], qs.images, cache))
         buy_s = time.perf_counter() - t0
@@ -101,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
                 s = probe_local(ck.encoder, spec, a.probe_train_size, progress=False)
                 r = ratios(s, victim)
                 row = {"loss": loss, "query_set": a.query_set, "queries": n, "queries_per_private": round(n / private, 3), "epochs": epochs,
-                       **s, "ratio": r[f"probe_{MAIN_TASK}"],
+                       **s, "ratio": r[main_probe],
                        "train_s": round(hist["train_seconds"], 1), "total_s": round(time.perf_counter() - t, 1)}
                 rows.append(row)
-                print(f"{loss:12s} {n:6d} queries: shape {100 * s['probe_shape']:.1f}% ratio {row['ratio']:.3f} "
+                print(f"{loss:12s} {n:6d} queries: {spec.main_task} {100 * s[main_probe]:.1f}% ratio {row['ratio']:.3f} "
                       f"({row['train_s']} s training)", file=sys.stderr)
         cache.close()
         return {"victim_api": victim, "victim_api_cost": vcost, "rows": rows, "query_seconds": round(buy_s, 1)}
@@ -119,21 +122,23 @@ def main(argv: list[str] | None = None) -> int:
             tag = secrets.token_hex(3)
             res = run(url, new_key(url, admin, "unlimited", f"thief-{tag}"), new_key(url, admin, "unlimited", f"customer-{tag}"))
     victim = res["victim_api"]
-    cols = ["loss", "query_set", "queries", "queries_per_private", "epochs", "probe_shape", "probe_pattern", "probe_shape_shifted", "ratio", "train_s"]
-    fmt = [{**r, **{k: f"{100 * r[k]:.1f}%" for k in ("probe_shape", "probe_pattern", "probe_shape_shifted")},
-            "ratio": f"{r['ratio']:.3f}"} for r in res["rows"]]
+    probes = [f"probe_{name}" for name, *_ in probe_sets(spec)]
+    cols = ["loss", "query_set", "queries", "queries_per_private", "epochs", *probes, "ratio", "train_s"]
+    fmt = [{**r, **{k: f"{100 * r[k]:.1f}%" for k in probes}, "ratio": f"{r['ratio']:.3f}"} for r in res["rows"]]
     txt = table(fmt, cols)
-    head = (f"victim via API: shape {100 * victim['probe_shape']:.1f}%, pattern {100 * victim['probe_pattern']:.1f}%, "
-            f"shape (shifted) {100 * victim['probe_shape_shifted']:.1f}%; victim's private set {private} images; "
-            f"stolen width {a.width}, aug reuse {a.aug_reuse}, at least {a.min_steps} steps; ratio = stolen/victim on shape")
+    head = (f"{spec.name} benchmark; victim via API: " + ", ".join(f"{k.removeprefix('probe_')} {100 * victim[k]:.1f}%" for k in probes)
+            + f"; victim's private set {private} images; stolen width {a.width}, aug reuse {a.aug_reuse}, "
+            f"at least {a.min_steps} steps; ratio = stolen/victim on {spec.main_task}")
     cmd = command("bench.attack_table", argv)
     print(head)
     print(txt)
     best = max(res["rows"], key=lambda r: r["ratio"])
     print(f"best: {best['loss']} at {best['queries']} queries, ratio {best['ratio']:.3f}")
-    write_json("attack", a.out, {"command": cmd, "config": vars(a), "victim_private_images": private, **res, "best": best})
+    write_json("attack", a.out, {"command": cmd, "config": vars(a), "dataset": spec.name, "main_task": spec.main_task,
+                                 "victim_private_images": private, **res, "best": best})
     output("attack", f"{a.out}.md").write_text(f"# Stealing table\n\n{head}\n\nCommand: `{cmd}`\n\n```\n{txt}\n```\n")
-    plot_accuracy(res["rows"], output("attack", f"{a.out.replace('table', 'accuracy_vs_queries')}.png"), victim["probe_shape"])
+    plot_accuracy(res["rows"], output("attack", f"{a.out.replace('table', 'accuracy_vs_queries')}.png"), victim[main_probe],
+                  metric=main_probe)
     return 0
 
 

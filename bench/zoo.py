@@ -25,6 +25,7 @@ runs/di/victim --out zoo_di``; see docs/defender.md).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -46,8 +47,11 @@ def _p(x: float | None) -> str:
 
 def steal_all(args: argparse.Namespace) -> None:
     """Start the victim API and run ``heist-attack steal`` for each loss and budget (skips existing copies)."""
+    from shared.data.synthetic import DataSpec
     from testbed.services import serve
 
+    spec = DataSpec.model_validate(json.loads((args.victim / "config.json").read_text())["data"].get("spec", {}))
+    data = ["--dataset", spec.name, "--data-seed", str(spec.seed), *([] if spec.root is None else ["--data-root", spec.root])]
     with serve(args.victim, {"tiers": {"unlimited": {"outputs": ["representation", "projection"]}}},
                log_path=results_dir() / "zoo-server.log") as srv:
         key = srv.new_account("zoo-attacker", "unlimited")
@@ -58,7 +62,8 @@ def steal_all(args: argparse.Namespace) -> None:
                     continue
                 cmd = ["heist-attack", "steal", "--url", srv.url, "--queries", str(n), "--loss", loss,
                        "--query-set", "attack", "--arch", "resnet18", "--width", "16", "--epochs", str(args.epochs),
-                       "--out", str(out), "--cache", str(args.runs / "steal-cache"), "--no-eval", *shlex.split(args.steal_args)]
+                       "--out", str(out), "--cache", str(args.runs / "steal-cache"), "--no-eval", *data,
+                       *shlex.split(args.steal_args)]
                 print("$", " ".join(cmd), flush=True)
                 run_child([sys.executable, "-m", "attacker.cli", *cmd[1:]], cwd=REPO, check=True,
                                env={**os.environ, "HEIST_API_KEYS": key})

@@ -40,6 +40,8 @@ def _train_config(args: argparse.Namespace):
         update["kind"] = args.kind
     if args.domain == "shifted":
         update["train_split"] = "shifted_train"
+    if args.train_split is not None:
+        update["train_split"] = args.train_split
     if args.dataset is not None:
         from shared.data.synthetic import dataset_spec
 
@@ -224,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="checkpoint folder (also holds the per-epoch resume state)")
     t.add_argument("--kind", choices=["victim", "independent"], help="label written in the checkpoint config")
     t.add_argument("--domain", choices=["in", "shifted"], default="in", help="train on the in-distribution or the shifted domain")
+    t.add_argument("--train-split", help="train on this split (overrides --domain), e.g. attack: an independent encoder "
+                   "of the victim's distribution that never saw its private set")
     t.add_argument("--no-watermark", action="store_true", help="train without the rotation predictor (negative controls)")
     t.add_argument("--seed", type=int)
     t.add_argument("--dataset", choices=DATASETS, help="train on this benchmark's splits instead of the preset's "
