@@ -14,10 +14,17 @@ Modes (RESEARCH.md section 3):
 StolenEncoder augmentation reuse (``aug_reuse`` = k > 0): the loss becomes
 d(f_a(x), y_v) + (lambda / k) * sum_i d(f_a(aug_i(x)), y_v) with lambda = 9: the k augmented
 views reuse the victim's answer for the clean image, so augmentation costs no queries.
+
+Under torchrun (:mod:`shared.train.distributed`) every rank gets the same queries and answers and
+trains on its ``batch_size / N`` of each global batch; the loss is computed on the outputs gathered
+from all ranks (with gradient), so InfoNCE's negatives and every other loss's batch statistics span
+the global batch. On CUDA the queries and answers are uploaded once and the loss is read once per
+epoch (a non-finite epoch loss stops the run).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 
@@ -31,6 +38,8 @@ from shared.augment import AugmentSpec, simclr_view, to_float
 from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec
 from shared.losses import STEALING_LOSSES, barlow_twins, infonce, mse, simsiam, soft_nn, supcon, wasserstein
 from shared.models import ProjectionHead, representation_dim
+from shared.train import distributed
+from shared.train.distributed import gather
 from shared.train.simclr import lr_at
 
 MODES = ("direct", "recreate-head", "access-head")
@@ -116,16 +125,47 @@ def recreate_head(victim: np.ndarray, out_dim: int = 64, steps: int = 300, seed:
     return head.eval().requires_grad_(False)
 
 
-def train_stolen(images: np.ndarray, answers: np.ndarray, cfg: StealConfig, labels: np.ndarray | None = None,
-                 extra_config: dict | None = None, progress: bool = True) -> tuple[Checkpoint, dict]:
-    """Train f_a on (images, victim answers); returns the stolen checkpoint (kind="stolen") and a history."""
-    if len(images) != len(answers):
-        raise ValueError(f"{len(images)} images but {len(answers)} answers")
-    if len(images) < cfg.batch_size:
-        raise ValueError(f"{len(images)} queries are fewer than one batch of {cfg.batch_size}; lower --batch-size")
-    if cfg.loss == "supcon" and labels is None:
-        raise ValueError("supcon needs query labels; this query set has none")
-    device = torch.device(cfg.device)
+class StealModel(nn.Module):
+    """Queries (and K augmented copies) -> the stealing loss against the victim's answers: the module
+    DistributedDataParallel wraps. Outputs, answers and labels are gathered over the ranks before the
+    loss, so every rank computes the loss of the global batch."""
+
+    def __init__(self, ckpt: Checkpoint, adapter: nn.Module, vhead: nn.Module | None, crit: StealingLoss) -> None:
+        super().__init__()
+        self.ckpt, self.adapter, self.crit = ckpt, adapter, crit
+        self._vhead = [vhead]  # frozen, outside the module tree: train() leaves it in eval mode, DDP ignores it
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the loss compares with the (head-mapped) victim answer."""
+        y = self.ckpt.encoder(x)
+        y = self.ckpt.head(y) if self.ckpt.head is not None else self.adapter(y)
+        vhead = self._vhead[0]
+        return vhead(y) if vhead is not None else y
+
+    def forward(self, x: torch.Tensor, tv: torch.Tensor, labels: torch.Tensor | None, k: int = 0) -> torch.Tensor:
+        """``x``: the B queries, then (``k`` > 0) K augmented copies of them, B rows each."""
+        tv = gather(tv)
+        labels = None if labels is None else gather(labels)
+        if not k:
+            return self.crit(gather(self.features(x)), tv, labels)
+        outs = self.features(x).chunk(k + 1)
+        return self.crit(gather(outs[0]), tv, labels) + (AUG_LAMBDA / k) * sum(
+            self.crit(gather(o), tv, labels) for o in outs[1:])
+
+
+@dataclass
+class StealParts:
+    """What a stealing run trains: the stolen checkpoint, the loss module around it, the victim-side head
+    (recreate-head) and the optimiser."""
+
+    ckpt: Checkpoint
+    model: StealModel
+    vhead: nn.Module | None
+    opt: torch.optim.Optimizer
+
+
+def build_steal(cfg: StealConfig, answers: np.ndarray, device: torch.device, extra_config: dict | None = None) -> StealParts:
+    """The models and optimiser of a run, initialised from ``cfg.seed`` (the same on every rank)."""
     torch.manual_seed(cfg.seed)
     d = representation_dim(cfg.arch, cfg.width)
     target_dim = answers.shape[1]
@@ -143,59 +183,80 @@ def train_stolen(images: np.ndarray, answers: np.ndarray, cfg: StealConfig, labe
     params = [*ckpt.encoder.parameters(), *adapter.parameters(), *crit.parameters()]
     if ckpt.head is not None:
         params += list(ckpt.head.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True if device.type == "cuda" else None)
+    return StealParts(ckpt, StealModel(ckpt, adapter, vhead, crit), vhead, opt)
 
+
+def train_stolen(images: np.ndarray, answers: np.ndarray, cfg: StealConfig, labels: np.ndarray | None = None,
+                 extra_config: dict | None = None, progress: bool = True) -> tuple[Checkpoint, dict]:
+    """Train f_a on (images, victim answers); returns the stolen checkpoint (kind="stolen") and a history.
+
+    Under torchrun every rank calls this with the same arguments and gets the same weights back."""
+    if len(images) != len(answers):
+        raise ValueError(f"{len(images)} images but {len(answers)} answers")
+    if len(images) < cfg.batch_size:
+        raise ValueError(f"{len(images)} queries are fewer than one batch of {cfg.batch_size}; lower --batch-size")
+    if cfg.loss == "supcon" and labels is None:
+        raise ValueError("supcon needs query labels; this query set has none")
+    world, device = distributed.init(torch.device(cfg.device))
+    distributed.local_batch(cfg.batch_size, world)  # refuses a batch that does not split over the ranks
+    parts = build_steal(cfg, answers, device, extra_config)
+    ckpt, vhead, opt, config = parts.ckpt, parts.vhead, parts.opt, parts.ckpt.config
+    model = distributed.wrap(parts.model, device)
+
+    on_device = device.type == "cuda"  # CUDA: uploaded once, batches gathered on the device
     x_all = torch.from_numpy(images)
     v_all = torch.from_numpy(answers.astype(np.float32))
     y_all = None if labels is None else torch.from_numpy(labels.astype(np.int64))
+    if on_device:
+        x_all, v_all = x_all.to(device), v_all.to(device)
+        y_all = None if y_all is None else y_all.to(device)
     n = len(images)
     steps_per_epoch = n // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     warmup = max(1, total // 20)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)  # the order of the queries: the same on every rank
+    aug_g = g if not world.distributed else torch.Generator().manual_seed(distributed.rank_seed(cfg.seed, world.rank))
     aug = AugmentSpec()
     history: list[float] = []
     step = 0
     t0 = time.perf_counter()
 
-    def out_of(x: torch.Tensor) -> torch.Tensor:
-        y = ckpt.encoder(x)
-        y = ckpt.head(y) if ckpt.head is not None else adapter(y)
-        return vhead(y) if vhead is not None else y
-
-    ckpt.train()
-    bar = tqdm(total=total, desc=f"steal {cfg.loss}/{cfg.mode}", unit="step", disable=not progress)
-    for _epoch in range(cfg.epochs):
-        perm = torch.randperm(n, generator=g)
-        run = 0.0
+    model.train()
+    bar = tqdm(total=total, desc=f"steal {cfg.loss}/{cfg.mode}", unit="step", disable=not (progress and world.main))
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(n, generator=g).to(x_all.device)
+        run = torch.zeros((), dtype=torch.float64, device=device)  # read once, at the epoch's end
         for b in range(steps_per_epoch):
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            idx = perm[distributed.rank_slice(b, cfg.batch_size, world)]
             x = to_float(x_all[idx]).to(device)
             v = v_all[idx].to(device)
             yl = None if y_all is None else y_all[idx].to(device)
             tv = vhead(v) if vhead is not None else v
             k = cfg.aug_reuse
             if k:
-                views = torch.cat([x, *(simclr_view(x, aug, g) for _ in range(k))])
-                outs = out_of(views).chunk(k + 1)
-                loss = crit(outs[0], tv, yl) + (AUG_LAMBDA / k) * sum(crit(o, tv, yl) for o in outs[1:])
-            else:
-                loss = crit(out_of(x), tv, yl)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr")
+                x = torch.cat([x, *(simclr_view(x, aug, aug_g) for _ in range(k))])
+            loss = model(x, tv, yl, k)
             for grp in opt.param_groups:
                 grp["lr"] = lr_at(step, total, warmup, cfg.lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            run += loss.item()
+            run += loss.detach()
             step += 1
             bar.update(1)
-        history.append(run / max(1, steps_per_epoch))
+        history.append(distributed.mean_over_ranks(run).item() / max(1, steps_per_epoch))
+        if not math.isfinite(history[-1]):
+            raise FloatingPointError(f"loss became {history[-1]} in epoch {epoch + 1}; lower --lr")
         bar.set_postfix(loss=f"{history[-1]:.4f}")
     bar.close()
+    if distributed.has_sync_batchnorm(ckpt):  # back to plain BatchNorm layers for evaluation and saving
+        plain = Checkpoint(config)
+        plain.load_state_dict(ckpt.state_dict())
+        ckpt = plain
     ckpt.eval()
     secs = time.perf_counter() - t0
     ckpt.config.training["losses"] = [round(h, 6) for h in history]
     ckpt.config.training["train_seconds"] = round(secs, 1)
-    return ckpt.cpu(), {"losses": history, "train_seconds": secs, "steps": total}
+    ckpt.config.training["processes"] = world.size
+    return ckpt.cpu(), {"losses": history, "train_seconds": secs, "steps": total, "processes": world.size}

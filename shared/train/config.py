@@ -11,6 +11,9 @@ from shared.data.synthetic import DataSpec
 
 
 class TrainConfig(BaseModel):
+    """One training run. ``batch_size`` is the global batch: under torchrun each of N processes takes
+    ``batch_size / N`` images of it."""
+
     model_config = ConfigDict(extra="forbid")
     preset: str = "custom"
     kind: Literal["victim", "independent"] = "victim"
@@ -35,7 +38,19 @@ class TrainConfig(BaseModel):
     amp: bool = False
     channels_last: bool = True
     threads: int | None = None
+    state_every_s: float = Field(default=60.0, ge=0, description="seconds between resume states, written at an epoch's end "
+                                 "(0: every epoch); the run's last epoch always writes one")
     probe_train_size: int | None = Field(default=None, description="cap on probe training images (None: whole split)")
+
+
+# Fields that change when and how a run works, not what it computes: a resume state written under other
+# values of these is continued.
+NOT_IN_RESULT = frozenset({"state_every_s"})
+
+
+def result_fields(config: dict) -> dict:
+    """A config dump without :data:`NOT_IN_RESULT`: what a resume state must match."""
+    return {k: v for k, v in config.items() if k not in NOT_IN_RESULT}
 
 
 PRESETS: dict[str, TrainConfig] = {

@@ -1,4 +1,8 @@
-"""Per-epoch training state for resuming, without pickle: tensors in safetensors, the rest JSON."""
+"""Training state for resuming at an epoch boundary, without pickle: tensors in safetensors, the rest JSON.
+
+Both files carry the epoch they were written after; a pair that disagrees (a kill between the two
+renames) is refused rather than resumed from mismatched halves.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -30,7 +35,7 @@ def save_state(folder: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     opt_t, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_t)
-    save_file(tensors, str(folder / (STATE_WEIGHTS + ".tmp")))
+    save_file(tensors, str(folder / (STATE_WEIGHTS + ".tmp")), metadata={"epoch": str(epoch)})
     (folder / (STATE_JSON + ".tmp")).write_text(json.dumps({"epoch": epoch, "optimizer": opt_meta, **extra}))
     (folder / (STATE_WEIGHTS + ".tmp")).replace(folder / STATE_WEIGHTS)
     (folder / (STATE_JSON + ".tmp")).replace(folder / STATE_JSON)
@@ -48,6 +53,11 @@ def load_state(folder: Path, model: nn.Module, opt: torch.optim.Optimizer) -> di
     meta = read_state_meta(folder)
     if meta is None:
         return None
+    with safe_open(str(folder / STATE_WEIGHTS), "pt") as f:
+        written = (f.metadata() or {}).get("epoch")
+    if written is not None and int(written) != meta["epoch"]:
+        raise ValueError(f"{folder}: the resume state's weights are of epoch {written}, its JSON of epoch {meta['epoch']} "
+                         "(interrupted while writing); delete both train_state files to start over")
     tensors = load_file(str(folder / STATE_WEIGHTS))
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict] = {}
