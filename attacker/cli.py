@@ -5,6 +5,10 @@
         [--mode direct|recreate-head|access-head] [--dataset heist-shapes|mnist5k|...]
     heist-attack evaluate --checkpoint DIR [--checkpoint DIR ...] --url URL --api-key KEY --cache DIR --out DIR
     heist-attack probe --checkpoint DIR
+
+Stealing training on N processes (DDP; rank 0 buys and writes, the others train their slices):
+
+    torchrun --standalone --nproc-per-node N -m attacker.cli steal ... --device cuda
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import shlex
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from shared.client import ApiError
@@ -75,19 +80,39 @@ def _evaluate(stolen_ckpt, args, keys, cache, cost: dict | None, out: Path, comm
 
 
 def _cmd_steal(args: argparse.Namespace) -> int:
-    import numpy as np
+    """Under torchrun rank 0 buys the answers (or reads them from the cache) and hands queries and answers
+    to the other ranks, which wait for them (up to RANK0_WAIT) and train their slices; only rank 0 writes."""
     import torch
 
-    from attacker.queries import acquire, drop_similar, load_query_set, merged_stats
     from attacker.steal import StealConfig, train_stolen
-    from shared.cache import QueryCache
-    from shared.checkpoint import save_checkpoint
+    from shared.train import distributed
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    keys = _keys(args)
     cfg = StealConfig(loss=args.loss, mode=args.mode, arch=args.arch, width=args.width, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, aug_reuse=args.aug_reuse, seed=args.seed, device=args.device)
+    with distributed.process_group(torch.device(cfg.device), timeout=RANK0_WAIT) as world:
+        if world.main:
+            return _steal(args, cfg)
+        inputs = distributed.broadcast(None)  # (images, answers, cfg, labels, extra) from rank 0, or None: no training
+        if inputs is not None:
+            train_stolen(*inputs, progress=False)
+        return 0
+
+
+RANK0_WAIT = timedelta(hours=12)  # how long torchrun's other ranks wait for rank 0 to buy the answers
+
+
+def _steal(args: argparse.Namespace, cfg) -> int:
+    import numpy as np
+
+    from attacker.queries import acquire, drop_similar, load_query_set, merged_stats
+    from attacker.steal import train_stolen
+    from shared.cache import QueryCache
+    from shared.checkpoint import save_checkpoint
+    from shared.train import distributed
+
+    keys = _keys(args)
     qs = load_query_set(args.query_set, args.queries, args.data_seed, dataset=args.dataset, root=args.data_root)
     images, labels = qs.images, qs.labels
     if args.avoid_similar is not None:
@@ -113,6 +138,7 @@ def _cmd_steal(args: argparse.Namespace) -> int:
             print(f"sybil mapper: relative residual on {args.anchors} anchors: "
                   + ", ".join(f"{e:.3f}" for e in got.mapper_fit_error))
         if args.buy_only:
+            distributed.broadcast(None)
             return 0
         cost = {"queries": len(images), "answers_bought_this_run": got.bought, "answers_from_cache": got.from_cache,
                 "accounts": len(keys), "anchors": args.anchors if len(keys) > 1 else 0, "repeats": args.repeats,
@@ -120,7 +146,10 @@ def _cmd_steal(args: argparse.Namespace) -> int:
                 "pow_hashes": stats["pow_hashes"], "pow_seconds": stats["pow_seconds"], "query_seconds": round(t_buy, 1)}
         extra = {"query_set": qs.name, "queries": len(images), "cost": cost, "victim_url": args.url,
                  "sybil_mapper_error": got.mapper_fit_error}
-        ckpt, hist = train_stolen(images, np.asarray(got.answers), cfg, labels, extra)
+        answers = np.asarray(got.answers)
+        distributed.broadcast((images, answers, cfg, labels, extra))
+        ckpt, hist = train_stolen(images, answers, cfg, labels, extra)
+        distributed.shutdown()  # the other ranks are done; evaluation runs here alone
         cost["train_seconds"] = round(hist["train_seconds"], 1)
         cost["wall_seconds"] = round(time.perf_counter() - t0, 1)
         ckpt.config.training["cost"] = cost
@@ -200,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="heist-attack", description="Encoder Heist attacker: steal an encoder over HTTP, measure copies.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    st = sub.add_parser("steal", help="buy victim answers (resumable) and train a stolen copy")
+    st = sub.add_parser("steal", help="buy victim answers (resumable) and train a stolen copy; under torchrun "
+                                      "--nproc-per-node N, rank 0 buys and N processes share each batch (DDP)")
     _client_args(st)
     st.add_argument("--queries", type=int, required=True, help="images to query (the first N of the query set)")
     st.add_argument("--query-set", default="attack",
@@ -211,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--arch", default="resnet18")
     st.add_argument("--width", type=int, default=16)
     st.add_argument("--epochs", type=int, default=30)
-    st.add_argument("--batch-size", type=int, default=64, help="training batch")
+    st.add_argument("--batch-size", type=int, default=64, help="training batch (global: under torchrun 1/N per process)")
     st.add_argument("--lr", type=float, default=1e-3)
     st.add_argument("--aug-reuse", type=int, default=0, metavar="K", help="StolenEncoder: K augmented views reuse each answer")
     st.add_argument("--anchors", type=int, default=0, help="sybil mode: images every account asks (for the linear mapper)")
@@ -226,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--no-eval", action="store_true", help="skip the linear-probe report")
     st.add_argument("--buy-only", action="store_true", help="only fill the cache (no training)")
     st.add_argument("--seed", type=int, default=0)
-    st.add_argument("--device", default="cpu")
+    st.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N; under torchrun cuda means each rank's own GPU")
     st.add_argument("--threads", type=int, default=None)
     st.set_defaults(func=_cmd_steal)
 

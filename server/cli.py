@@ -34,6 +34,8 @@ def _train_config(args: argparse.Namespace):
         v = getattr(args, field)
         if v is not None:
             update[field] = v
+    if args.state_every is not None:
+        update["state_every_s"] = args.state_every
     if args.no_watermark:
         update["watermark"] = False
     if args.kind:
@@ -53,14 +55,21 @@ def _train_config(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from shared.device import resolve_device
+    from shared.train import distributed
     from shared.train.evaluate import format_report, full_report
     from shared.train.simclr import finalize, train
 
     cfg = _train_config(args)
     out = Path(args.out)
-    print(f"training {cfg.kind} {cfg.arch} (width {cfg.width}) preset={cfg.preset} epochs={cfg.epochs} "
-          f"split={cfg.train_split} watermark={cfg.watermark} seed={cfg.seed} -> {out}", flush=True)
-    outcome = train(cfg, out, progress=not args.quiet)
+    # under torchrun: every rank trains its slice of each batch; rank 0 alone prints, probes and writes
+    with distributed.process_group(resolve_device(cfg.device)) as world:
+        if world.main:
+            procs = f" processes={world.size}" if world.distributed else ""
+            print(f"training {cfg.kind} {cfg.arch} (width {cfg.width}) preset={cfg.preset} epochs={cfg.epochs} "
+                  f"split={cfg.train_split} watermark={cfg.watermark} seed={cfg.seed}{procs} -> {out}", flush=True)
+        outcome = train(cfg, out, progress=not args.quiet)
+    if not world.main:
+        return 0
     if outcome.resumed_from:
         print(f"resumed after epoch {outcome.resumed_from}")
     print(f"trained {outcome.epochs_run} epochs in {outcome.seconds:.0f} s ({outcome.images_per_s:.0f} img/s)", flush=True)
@@ -68,6 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                           with_baseline=not args.no_baseline, progress=not args.quiet)
     metrics["train_seconds"] = round(outcome.seconds, 1)
     metrics["train_images_per_s"] = round(outcome.images_per_s, 1)
+    metrics["train_processes"] = outcome.processes
     finalize(outcome, out, metrics)
     print(format_report({k: v for k, v in metrics.items() if not k.startswith("train_")}))
     print(f"checkpoint written to {out}")
@@ -221,9 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--scale", type=float, default=1.0, help="multiply every split size (tiny runs use 0.05)")
     d.set_defaults(func=_cmd_data)
 
-    t = sub.add_parser("train", help="train a SimCLR encoder (victim with rotation watermark, or an independent control)")
+    t = sub.add_parser("train", help="train a SimCLR encoder (victim with rotation watermark, or an independent control); "
+                                     "under torchrun --nproc-per-node N, N processes share each batch (DDP)")
     t.add_argument("--preset", default="cpu", help="tiny (~1 min), cpu (default victim, <=15 min on 2 cores), gpu-r18, gpu-r34, gpu-r50 (CUDA)")
-    t.add_argument("--out", required=True, help="checkpoint folder (also holds the per-epoch resume state)")
+    t.add_argument("--out", required=True, help="checkpoint folder (also holds the resume state, rewritten at an epoch's end "
+                                                "every --state-every seconds and after the last epoch)")
+    t.add_argument("--state-every", type=float, metavar="SECONDS", help="seconds between resume states (default 60; 0: every epoch)")
     t.add_argument("--kind", choices=["victim", "independent"], help="label written in the checkpoint config")
     t.add_argument("--domain", choices=["in", "shifted"], default="in", help="train on the in-distribution or the shifted domain")
     t.add_argument("--train-split", help="train on this split (overrides --domain), e.g. attack: an independent encoder "
@@ -237,10 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int)
     t.add_argument("--train-size", type=int, help="train on the first N images of the split only (a smaller private set)")
     t.add_argument("--width", type=int)
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--batch-size", type=int, help="global batch; under torchrun each of N processes takes 1/N of it")
     t.add_argument("--lr", type=float)
     t.add_argument("--warmup-epochs", type=float, help="linear learning-rate warm-up (epochs)")
-    t.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    t.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:N; under torchrun cuda means each rank's own GPU")
     t.add_argument("--threads", type=int, help="torch CPU threads")
     t.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline probes")
     t.add_argument("--quiet", action="store_true", help="no progress bars")

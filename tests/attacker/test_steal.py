@@ -135,6 +135,24 @@ def test_access_head_buys_projections(victim, tmp_path, data_root):
     assert ck.head is not None and ck.config.head.out_dim == 16  # the tiny victim's projection dim
 
 
+@pytest.mark.live
+@pytest.mark.slow
+def test_steal_under_torchrun(victim, tmp_path, data_root):
+    """heist-attack steal in two processes (torchrun, Gloo): rank 0 buys every answer once and hands them to
+    rank 1; both train their halves of each batch; one checkpoint, written by rank 0."""
+    acct, key = victim.new_account("unlimited")
+    n, out = 64, tmp_path / "stolen"
+    cmd = _steal_cmd(victim.url, out, tmp_path / "cache", n)
+    assert cmd[:3] == [sys.executable, "-m", "attacker.cli"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", *cmd[2:]]
+    r = run_child(cmd, cwd=REPO, env=_env(key, data_root), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count(f"0 served from cache, {n} bought") == 1 and r.stdout.count("stolen copy saved") == 1
+    assert _usage(victim, acct)["images"] == n  # bought once, not once per rank
+    ck = load_checkpoint(out)
+    assert ck.config.training["processes"] == 2 and len(ck.config.training["losses"]) == 1
+
+
 # Every loss in direct mode; recreate-head adds the same head-learning step whatever the loss,
 # so two losses (one regression, one contrastive) cover it.
 @pytest.mark.parametrize("loss,mode", [(loss, "direct") for loss in STEALING_LOSSES]
