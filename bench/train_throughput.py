@@ -1,7 +1,8 @@
 """Training throughput: the full training step vs the raw model step on the same batch.
 
 full: gather B uint8 images from the split, convert, make two SimCLR views and the watermark
-      rotations (batched tensor augmentation), forward, loss, backward, optimiser step;
+      rotations (batched tensor augmentation), forward, loss, backward, optimiser step (on CUDA
+      as train() runs it: images on the device, AMP as the preset says, fused AdamW);
 raw:  the same forward/loss/backward/step on a batch tensor that is already made.
 Both are timed alternately in one run (A, B, A, B, ...) and compared as a ratio, so machine
 noise hits both alike. The data-pipeline and augmentation overhead is 1 - full/raw (target <= 25%).
@@ -34,7 +35,7 @@ from shared.cpu import onednn_isa, set_strided_pointwise_workaround, strided_poi
 from shared.data.synthetic import load_split
 from shared.device import resolve_device
 from shared.train import get_preset
-from shared.train.simclr import batch_loss, build_checkpoint, make_batch, watermark_batch_size
+from shared.train.simclr import batch_loss, build_checkpoint, make_batch, make_optimizer, watermark_batch_size
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,27 +59,40 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = cfg.model_copy(update={"width": args.width})
     device = resolve_device(cfg.device)
     images = torch.from_numpy(load_split(cfg.data, cfg.train_split).images)
+    if device.type == "cuda":  # as train() does: the uint8 images live on the device
+        images = images.to(device)
+        torch.backends.cudnn.benchmark = True
     ckpt = build_checkpoint(cfg).to(device)
     if cfg.channels_last:
         ckpt = ckpt.to(memory_format=torch.channels_last)
     ckpt.train()
-    opt = torch.optim.AdamW(ckpt.parameters(), lr=cfg.lr)
+    opt = make_optimizer([p for p in ckpt.parameters() if p.requires_grad], cfg, device)
+    amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     n_wm = watermark_batch_size(cfg)
     g = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
 
+    def sync() -> None:  # a timed block ends when the device has done its work
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     def step(batch: torch.Tensor, k: torch.Tensor | None) -> None:
-        loss = batch_loss(ckpt, batch, k, cfg)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            loss = batch_loss(ckpt, batch, k, cfg)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     def full_block() -> float:
+        sync()
         t = time.perf_counter()
         for _ in range(args.steps):
-            idx = torch.from_numpy(rng.integers(0, len(images), cfg.batch_size))
+            idx = torch.from_numpy(rng.integers(0, len(images), cfg.batch_size)).to(images.device)
             x = to_float(images[idx]).to(device)
             step(*make_batch(x, cfg, g, n_wm))
+        sync()
         return time.perf_counter() - t
 
     fixed_batch, fixed_k = make_batch(to_float(images[: cfg.batch_size]).to(device), cfg, g, n_wm)
@@ -88,9 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
         ctx = torch.backends.mkldnn.flags(enabled=False) if mode == "no-onednn" else nullcontext()
         try:
             with ctx:
+                sync()
                 t = time.perf_counter()
                 for _ in range(args.steps):
                     step(fixed_batch, fixed_k)
+                sync()
                 return time.perf_counter() - t
         finally:
             set_strided_pointwise_workaround(None)
