@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-extra", action="store_true", help="only the listed losses x budgets, not every runs/stolen-*")
     ap.add_argument("--obfuscate", nargs="*", default=["permute", "affine", "pad_shuffle"])
     ap.add_argument("--wm-n", type=int, default=500)
+    ap.add_argument("--align-n", type=int, default=1000, help="public images for the alignment map and similarity "
+                    "(at most the public split: 500 on mnist5k)")
     ap.add_argument("--di-n", type=int, default=1000, help="part A, part B and public sizes of dataset inference")
     ap.add_argument("--di-reference", type=Path, action="append", default=[],
                     help="reference encoder(s) that never saw the private data: dataset inference on calibrated scores")
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steal:
         steal_all(args)
     victim = load_checkpoint(args.victim)
-    cfg = VerifyConfig(wm_n=args.wm_n, di_fit=args.di_n, di_private=args.di_n, di_public=args.di_public or args.di_n,
+    cfg = VerifyConfig(wm_n=args.wm_n, align_n=args.align_n, di_fit=args.di_n, di_private=args.di_n, di_public=args.di_public or args.di_n,
                        di_components=args.di_components, di_margin=args.di_margin)
     references = {str(p): load_checkpoint(p) for p in args.di_reference}
     todo, missing = suspects(args)
