@@ -61,7 +61,7 @@ def test_state_cadence_and_exact_resume(data_root, tmp_path, monkeypatch):
     """With a long interval the state is written at the end only (or where stop_after ends the run);
     resuming from it ends with the uninterrupted run's weights; 0 writes after every epoch."""
     saved = _record_saves(monkeypatch)
-    cfg = _cfg(epochs=3, state_every_s=1e9)
+    cfg = _cfg(epochs=3, train_size=128, state_every_s=1e9)  # 2 steps per epoch
     ref = train(cfg, tmp_path / "a", progress=False)
     assert saved == [3]
     saved.clear()
@@ -74,7 +74,7 @@ def test_state_cadence_and_exact_resume(data_root, tmp_path, monkeypatch):
     for (k, a), b in zip(ref.checkpoint.state_dict().items(), resumed.checkpoint.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
     saved.clear()
-    train(_cfg(epochs=2, state_every_s=0), tmp_path / "c", progress=False)
+    train(_cfg(epochs=2, train_size=128, state_every_s=0), tmp_path / "c", progress=False)
     assert saved == [1, 2]
 
 
