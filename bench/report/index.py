@@ -69,6 +69,8 @@ INDEX: list[tuple[str, str, str]] = [
     ("cpu/matrix.json", "raw training step per oneDNN instruction-set cap and workaround mode", "bench.cpu_matrix"),
     ("cpu/matrix.md", "its table (README's CPU block reads the JSON)", "bench.cpu_matrix"),
     ("cpu/train_throughput_*_w*.json", "one cell of the CPU matrix", "bench.cpu_matrix"),
+    ("cpu/gpu_train_r18.json", "the full gpu-r18 preset's wall time and probes on a GPU (scripts/gpu_train.sh)",
+     "scripts/gpu_train.sh"),
     ("cpu/train_throughput.json", "full training step vs raw step on the default path", "bench.train_throughput"),
     ("demo/summary.json", "a `heist-demo` run's summary (README's main-job block)", "heist-demo"),
     ("demo/summary.md", "its table", "heist-demo"),
