@@ -73,13 +73,13 @@ def load_query_set(source: str, n: int, data_seed: int = 0, dataset: str = "heis
         size = spec.splits[source].size
         if n > size:
             raise ValueError(f"query set {dataset}:{source} has {size} images, {n} asked")
-        if spec.name != SHAPES or (cache_dir(spec) / f"{source}.npz").exists() or n > size // 2:
+        if spec.dataset != SHAPES or (cache_dir(spec) / f"{source}.npz").exists() or n > size // 2:
             ds = load_split(spec, source, progress=True)
         else:  # procedural splits are prefix-stable: render only the first n images (in memory)
             part = spec.model_copy(update={"splits": {source: SplitSpec(domain=spec.splits[source].domain, size=n)}})
             ds = generate_split(part, source, progress=False)
         labels = ds.labels[spec.main_task]
-        source = source if spec.name == SHAPES else f"{spec.name}:{source}"
+        source = source if spec.dataset == SHAPES else f"{spec.dataset}:{source}"
     if n > len(ds.images):
         raise ValueError(f"query set {source!r} has {len(ds.images)} images, {n} asked")
     return QuerySet(source, np.ascontiguousarray(ds.images[:n]), None if labels is None else labels[:n])

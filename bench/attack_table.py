@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = QueryCache(a.cache)
         print(f"victim through the API (customer account), probe train size {a.probe_train_size}", file=sys.stderr)
         victim, vcost = probe_api(url, customer, spec, cache, a.probe_train_size)
-        qs = load_query_set(a.query_set, max(budgets), spec.seed, dataset=spec.name, root=spec.root)
+        qs = load_query_set(a.query_set, max(budgets), spec.seed, dataset=spec.dataset, root=spec.root)
         t0 = time.perf_counter()
         got = asyncio.run(acquire(url, [thief], qs.images, cache))
         buy_s = time.perf_counter() - t0
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["loss", "query_set", "queries", "queries_per_private", "epochs", *probes, "ratio", "train_s"]
     fmt = [{**r, **{k: f"{100 * r[k]:.1f}%" for k in probes}, "ratio": f"{r['ratio']:.3f}"} for r in res["rows"]]
     txt = table(fmt, cols)
-    head = (f"{spec.name} benchmark; victim via API: " + ", ".join(f"{k.removeprefix('probe_')} {100 * victim[k]:.1f}%" for k in probes)
+    head = (f"{spec.dataset} benchmark; victim via API: " + ", ".join(f"{k.removeprefix('probe_')} {100 * victim[k]:.1f}%" for k in probes)
             + f"; victim's private set {private} images; stolen width {a.width}, aug reuse {a.aug_reuse}, "
             f"at least {a.min_steps} steps; ratio = stolen/victim on {spec.main_task}")
     cmd = command("bench.attack_table", argv)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print(txt)
     best = max(res["rows"], key=lambda r: r["ratio"])
     print(f"best: {best['loss']} at {best['queries']} queries, ratio {best['ratio']:.3f}")
-    write_json("attack", a.out, {"command": cmd, "config": vars(a), "dataset": spec.name, "main_task": spec.main_task,
+    write_json("attack", a.out, {"command": cmd, "config": vars(a), "dataset": spec.dataset, "main_task": spec.main_task,
                                  "victim_private_images": private, **res, "best": best})
     output("attack", f"{a.out}.md").write_text(f"# Stealing table\n\n{head}\n\nCommand: `{cmd}`\n\n```\n{txt}\n```\n")
     plot_accuracy(res["rows"], output("attack", f"{a.out.replace('table', 'accuracy_vs_queries')}.png"), victim[main_probe],

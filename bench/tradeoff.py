@@ -55,15 +55,15 @@ def thief_queries(spec: DataSpec, query_set: str, wanted: int) -> int:
     """min(wanted, the query set's size): a thief cannot buy more images than its pool holds."""
     from shared.data.synthetic import dataset_spec
 
-    name, split = query_set.split(":", 1) if ":" in query_set else (spec.name, query_set)
-    other = spec if name == spec.name else dataset_spec(name)
+    name, split = query_set.split(":", 1) if ":" in query_set else (spec.dataset, query_set)
+    other = spec if name == spec.dataset else dataset_spec(name)
     return min(wanted, other.splits[split].size)
 
 
 def steal(url: str, keys: list[str], out: Path, cache: Path, a: argparse.Namespace, extra: list[str], spec: DataSpec,
           query_set: str = "attack") -> dict:
     n = thief_queries(spec, query_set, a.queries)
-    data = ["--dataset", spec.name, "--data-seed", str(spec.seed), *([] if spec.root is None else ["--data-root", spec.root])]
+    data = ["--dataset", spec.dataset, "--data-seed", str(spec.seed), *([] if spec.root is None else ["--data-root", spec.root])]
     cmd = [sys.executable, "-m", "attacker.cli", "steal", "--url", url, "--queries", str(n), "--loss", a.loss,
            "--query-set", query_set, *data, "--width", "16", "--epochs", str(a.epochs), "--batch-size", "128",
            "--out", str(out), "--cache", str(cache), "--no-eval", "--threads", str(a.threads), *extra]
@@ -192,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                else "no policy drops the attacker >= 15 points at <= 1 point for the customer")
     print(verdict)
     cmd = " && ".join(commands)
-    write_json("attack", a.out, {"command": cmd, "commands": commands, "config": vars(a), "dataset": spec.name,
+    write_json("attack", a.out, {"command": cmd, "commands": commands, "config": vars(a), "dataset": spec.dataset,
                                  "main_task": spec.main_task, "scale": scale, "tiers": tiers, "rows": rows, "verdict": verdict})
     who = f"customer: {narrow}" + (f"; broad customer: every class, {broad.images} images" if a.broad else "")
-    output("attack", f"{a.out}.md").write_text(f"# Defence trade-off ({spec.name})\n\nCommand: `{cmd}`\n\n"
+    output("attack", f"{a.out}.md").write_text(f"# Defence trade-off ({spec.dataset})\n\nCommand: `{cmd}`\n\n"
                                                f"Attacker: {a.loss}, up to {a.queries} queries of each thief's set "
                                                f"({', '.join(thieves)}), {a.epochs} epochs; {who}.\n\n```\n{txt}\n```\n\n{verdict}\n")
     plot(rows, output("attack", f"{a.out}.png"), spec.main_task)

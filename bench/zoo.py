@@ -51,7 +51,7 @@ def steal_all(args: argparse.Namespace) -> None:
     from testbed.services import serve
 
     spec = DataSpec.model_validate(json.loads((args.victim / "config.json").read_text())["data"].get("spec", {}))
-    data = ["--dataset", spec.name, "--data-seed", str(spec.seed), *([] if spec.root is None else ["--data-root", spec.root])]
+    data = ["--dataset", spec.dataset, "--data-seed", str(spec.seed), *([] if spec.root is None else ["--data-root", spec.root])]
     with serve(args.victim, {"tiers": {"unlimited": {"outputs": ["representation", "projection"]}}},
                log_path=results_dir() / "zoo-server.log") as srv:
         key = srv.new_account("zoo-attacker", "unlimited")
@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--di-n", type=int, default=1000, help="part A, part B and public sizes of dataset inference")
     ap.add_argument("--di-reference", type=Path, action="append", default=[],
                     help="reference encoder(s) that never saw the private data: dataset inference on calibrated scores")
+    ap.add_argument("--wm-reference", type=Path, action="append", default=[],
+                    help="the defender's own encoder(s) without the watermark: the watermarks' chance level (verify --wm-reference)")
     ap.add_argument("--di-margin", type=float, default=0.1, metavar="RHO",
                     help="dataset inference against a smallest effect of interest: RHO x the victim's own effect "
                          "(verify --di-margin, same default; 0: the paper's zero-effect test)")
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = VerifyConfig(wm_n=args.wm_n, align_n=args.align_n, di_fit=args.di_n, di_private=args.di_n, di_public=args.di_public or args.di_n,
                        di_components=args.di_components, di_margin=args.di_margin)
     references = {str(p): load_checkpoint(p) for p in args.di_reference}
+    wm_references = {str(p): load_checkpoint(p) for p in args.wm_reference}
     todo, missing = suspects(args)
     rows, ref_tests = [], {}
     for s in tqdm(todo, desc="zoo", unit="suspect"):
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             t = make_transform(s["obfuscation"], load_checkpoint(s["path"]).config.representation_dim,
                                np.random.default_rng(s["obfuscation_seed"]), pad=16)
         rep = verify(victim, LocalSuspect(s["path"], transform=t, name=s["name"]), cfg, victim_name=str(args.victim),
-                     references=references)
+                     references=references, wm_references=wm_references)
         r = {k: str(v) if isinstance(v, Path) else v for k, v in s.items()}
         for m in ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "similarity"):
             row = rep.row(m)

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"reusing {profile}")
     policies = ["none"] if a.policy == "none" else ["none", a.policy]
     tiers = policy_tiers(policies, profile, representation_scale(a.victim))
-    summary: dict = {"policy": a.policy, "dataset": spec.name, "main_task": spec.main_task, "store": "redis" if redis_url else "embedded", "victim": str(a.victim),
+    summary: dict = {"policy": a.policy, "dataset": spec.dataset, "main_task": spec.main_task, "store": "redis" if redis_url else "embedded", "victim": str(a.victim),
                      "victim_quality": {k: v for k, v in victim_metrics.items() if k.startswith(("probe_", "watermark"))}}
 
     step(4, total, f"victim API ({summary['store']} store), tiers {', '.join(tiers)}")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             key = victim_api.new_account(f"thief-{pol}", f"policy-{pol}")
             data_root = [] if spec.root is None else ["--data-root", spec.root]
             run(["attacker.cli", "steal", "--url", victim_api.url, "--queries", str(queries), "--loss", a.loss,
-                 "--query-set", "attack", "--dataset", spec.name, *data_root, "--data-seed", str(spec.seed), "--width", "16", "--epochs", str(a.epochs),
+                 "--query-set", "attack", "--dataset", spec.dataset, *data_root, "--data-seed", str(spec.seed), "--width", "16", "--epochs", str(a.epochs),
                  "--batch-size", "128", "--out", str(out / f"stolen-{pol}"), "--cache", str(out / f"thief-cache-{pol}"),
                  "--no-eval", "--threads", str(a.threads)], env={"HEIST_API_KEYS": key})
             thieves[pol] = {"defence_state": victim_api.account_defences(f"thief-{pol}")}

@@ -1,6 +1,6 @@
 """The project's datasets as one seeded, split, cached spec (``DataSpec``).
 
-``DataSpec.name`` picks the dataset: ``heist-shapes`` (the default), the project's procedural
+``DataSpec.dataset`` picks the benchmark: ``heist-shapes`` (the default), the project's procedural
 benchmark generated here, or a real-image benchmark of ``shared.data.benchmarks`` (``mnist5k``,
 which installs with the package, or a folder dataset such as ``cifar10`` read from ``root``).
 Every dataset has the same split names, so every command takes any of them.
@@ -72,7 +72,8 @@ class DataSpec(BaseModel):
     """What to generate; its hash names the cache folder."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(default=SHAPES, description="the dataset: " + ", ".join(DATASETS))
+    name: str = Field(default=SHAPES, description="the spec's name (the cache folder's prefix)")
+    dataset: str = Field(default=SHAPES, description="the benchmark: " + ", ".join(DATASETS))
     seed: int = 0
     image_size: int = Field(default=32, ge=16, le=128)
     splits: dict[str, SplitSpec] = Field(default_factory=lambda: dict(DEFAULT_SPLITS))
@@ -80,23 +81,23 @@ class DataSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_dataset(self) -> DataSpec:
-        if self.name not in DATASETS:
-            raise ValueError(f"unknown dataset {self.name!r}; choose one of {', '.join(DATASETS)}")
-        domains = DOMAINS if self.name == SHAPES else BENCHMARKS[self.name].pools
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        domains = DOMAINS if self.dataset == SHAPES else BENCHMARKS[self.dataset].pools
         for split, sp in self.splits.items():
             if sp.domain not in domains:
-                raise ValueError(f"split {split!r}: unknown domain {sp.domain!r} for {self.name}; choose one of {domains}")
+                raise ValueError(f"split {split!r}: unknown domain {sp.domain!r} for {self.dataset}; choose one of {domains}")
         return self
 
     @property
     def tasks(self) -> list[str]:
         """The label tasks every split carries (the first is the main task)."""
-        return list(TASKS) if self.name == SHAPES else [BENCHMARKS[self.name].task]
+        return list(TASKS) if self.dataset == SHAPES else [BENCHMARKS[self.dataset].task]
 
     @property
     def main_task(self) -> str:
         """The task that probes, customers and the supervised losses use."""
-        return MAIN_TASK if self.name == SHAPES else BENCHMARKS[self.name].task
+        return MAIN_TASK if self.dataset == SHAPES else BENCHMARKS[self.dataset].task
 
     def scaled(self, factor: float) -> DataSpec:
         """The same spec with every split's size multiplied by ``factor`` (prefixes of the full splits)."""
@@ -104,7 +105,8 @@ class DataSpec(BaseModel):
         return self.model_copy(update={"splits": splits})
 
     def digest(self) -> str:
-        fields = self.model_dump(exclude={"root"} if self.root is None else set())  # unchanged for specs without root
+        # the procedural specs' digests are the same as before the dataset option (their caches stay valid)
+        fields = self.model_dump(exclude={k for k, default in (("root", None), ("dataset", SHAPES)) if getattr(self, k) == default})
         payload = json.dumps({"v": FORMAT_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -118,7 +120,7 @@ def dataset_spec(name: str = SHAPES, seed: int = 0, root: str | None = None, ima
     splits = {k: SplitSpec(domain=pool, size=n) for k, (pool, n) in BENCHMARKS[name].splits.items()}
     if BENCHMARKS[name].needs_root and root is None:
         raise ValueError(f"dataset {name} reads its files from a folder: pass its root (--data-root DIR)")
-    return DataSpec(name=name, seed=seed, image_size=image_size, splits=splits, root=root)
+    return DataSpec(name=name, dataset=name, seed=seed, image_size=image_size, splits=splits, root=root)
 
 
 def default_data_dir() -> Path:
@@ -133,9 +135,9 @@ def generate_split(spec: DataSpec, split: str, progress: bool = True) -> ImageSe
     """Render (procedural) or cut (real dataset) one split in memory (no cache)."""
     if split not in spec.splits:
         raise KeyError(f"unknown split {split!r}; {spec.name} has {sorted(spec.splits)}")
-    if spec.name != SHAPES:
+    if spec.dataset != SHAPES:
         blocks = {k: (v.domain, v.size) for k, v in spec.splits.items()}
-        return build_split(spec.name, spec.seed, spec.image_size, spec.root, blocks, split)
+        return build_split(spec.dataset, spec.seed, spec.image_size, spec.root, blocks, split)
     sp = spec.splits[split]
     n_chunks = -(-sp.size // CHUNK)
     images: list[np.ndarray] = []

@@ -72,15 +72,15 @@ def test_stratified_order_blocks_are_balanced() -> None:
 
 def test_data_spec_validation() -> None:
     with pytest.raises(ValidationError, match="unknown dataset"):
-        DataSpec(name="mnist60k")
+        DataSpec(dataset="mnist60k")
     with pytest.raises(ValidationError, match="unknown domain 'photo' for mnist5k"):
-        DataSpec(name="mnist5k", splits={"train": SplitSpec(domain="photo", size=10)})
+        DataSpec(name="mnist5k", dataset="mnist5k", splits={"train": SplitSpec(domain="photo", size=10)})
     with pytest.raises(ValueError, match="--data-root"):
         dataset_spec("cifar10")
     # the procedural spec's cache name is unchanged by the dataset option (caches made before stay valid)
     assert DataSpec().digest() == "8b865129a3b5"
     assert dataset_spec("mnist5k").digest() != DataSpec().digest()
-    big = DataSpec(name="mnist5k", splits={"train": SplitSpec(domain="mnist", size=4000),
+    big = DataSpec(name="mnist5k", dataset="mnist5k", splits={"train": SplitSpec(domain="mnist", size=4000),
                                            "test": SplitSpec(domain="mnist", size=2000)})
     with pytest.raises(ValueError, match="need 6000 images, the pool has 5000"):
         load_split(big, "test", root=Path("/nonexistent-never-written"), progress=False)
