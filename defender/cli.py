@@ -58,6 +58,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     victim = load_checkpoint(args.victim)
     cfg = VerifyConfig(**{name: getattr(args, name) for _, name, _ in VERIFY_OPTIONS})
     references = {str(r): load_checkpoint(r) for r in args.di_reference or []}
+    wm_references = {str(r): load_checkpoint(r) for r in args.wm_reference or []}
     transform = None
     if args.obfuscate:  # testing aid: obfuscate a *local* suspect's answers (keyed by --obfuscate-seed)
         transform = make_transform(args.obfuscate, load_checkpoint(args.suspect).config.representation_dim,
@@ -68,7 +69,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                           **({"max_wait_s": args.max_wait_s, "pow_workers": args.pow_workers}
                              if str(args.suspect).startswith(("http://", "https://")) else {})) as suspect:
             rep = verify(victim, suspect, cfg, victim_name=str(args.victim), progress=not args.quiet,
-                         references=references)
+                         references=references, wm_references=wm_references)
     except SuspectError as e:
         print(f"heist-defend verify: suspect error (no verdict): {e}", file=sys.stderr)
         return 3
@@ -150,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference encoder (checkpoint folder) that never saw the private data, e.g. trained on public data; "
                         "dataset inference then tests reference-calibrated log-likelihoods (repeatable; the raw test stays "
                         "in the JSON)")
+    v.add_argument("--wm-reference", action="append", metavar="DIR",
+                   help="the defender's own encoder without the watermark (checkpoint folder); the watermarks' chance level "
+                        "becomes the highest accuracy the victim's predictor reaches on a reference's aligned answers instead "
+                        "of 50%% (repeatable; needed where any encoder sees the images' orientation, e.g. digits)")
     v.add_argument("--obfuscate", choices=["permute", "pad_shuffle", "affine"], help="(local suspects) obfuscate its answers")
     v.add_argument("--obfuscate-seed", type=int, default=1)
     v.add_argument("--pad", type=int, default=16, help="padding dimensions for --obfuscate pad_shuffle")

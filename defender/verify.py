@@ -69,18 +69,22 @@ def _overall(rows: list[Verdict], checks: list[Check], cfg: VerifyConfig) -> tup
     k = max(1, len(decisive))
     stolen = any(r.p_value < cfg.alpha / k and by_name[r.method].material(r, cfg) for r in decisive)
     rule = (f"stolen when any of {[r.method for r in decisive]} has p < alpha/{k} = {cfg.alpha / k:.2g} "
-            f"(Bonferroni over the decisive checks; a watermark also needs accuracy >= {0.5 + cfg.wm_margin:.2f}); "
+            f"(Bonferroni over the decisive checks; a watermark also needs accuracy >= its chance level + {cfg.wm_margin:.2f}); "
             f"similarity is reported, not decided on")
     return ("stolen" if stolen else "independent"), rule
 
 
 def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None, victim_name: str = "victim",
-           progress: bool = False, references: dict[str, Checkpoint] | None = None) -> VerifyReport:
+           progress: bool = False, references: dict[str, Checkpoint] | None = None,
+           wm_references: dict[str, Checkpoint] | None = None) -> VerifyReport:
     """Run the checks of ``cfg.methods`` on ``suspect``.
 
     ``references``: the defender's own encoders that never saw the private data (e.g. trained on
     public data). When given, dataset inference runs on reference-calibrated scores
     (:func:`defender.stats.calibrate`); the paper's raw test stays in each row's detail.
+    ``wm_references``: the defender's own encoders without the watermark. When given, the watermarks'
+    chance level is the highest accuracy the victim's predictor reaches on a reference's aligned
+    answers instead of 50% (:func:`defender.checks.watermark.chance_level`).
     """
     cfg = cfg or VerifyConfig()
     unknown = set(cfg.methods) - set(METHODS)
@@ -89,7 +93,7 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
     t0 = time.perf_counter()
     checks = [c for c in CHECKS if c.name in cfg.methods]
     ctx = Context(victim, suspect, cfg, needs=set().union(*(c.needs for c in checks)), references=references or {},
-                  encode=_encode, progress=progress)
+                  encode=_encode, progress=progress, wm_references=wm_references)
     rows = [row for check in checks for row in check.run(ctx)]
     overall, rule = _overall(rows, checks, cfg)
     queries = {"needed": ctx.need, "needed_total": int(sum(ctx.need.values())), "sent": suspect.queries,

@@ -47,8 +47,10 @@ class Context:
     """
 
     def __init__(self, victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig, needs: Iterable[str], *,
-                 references: dict[str, Checkpoint], encode: Encode, progress: bool = False) -> None:
+                 references: dict[str, Checkpoint], encode: Encode, progress: bool = False,
+                 wm_references: dict[str, Checkpoint] | None = None) -> None:
         self.victim, self.suspect, self.cfg, self.references = victim, suspect, cfg, references
+        self.wm_references = wm_references or {}
         self.encode, self.progress = encode, progress
         self.needs = frozenset(needs)
         self.need: dict[str, int] = {}

@@ -361,3 +361,23 @@ def test_http_errors_are_clear(zoo, http_suspect_server):
         assert s.queries < CFG.align_n
     with pytest.raises(SuspectError, match="cannot read /v1/models"):
         HttpSuspect("http://127.0.0.1:9", "heist_x", max_retries=0, max_wait_s=0)
+
+
+def test_watermark_references_set_the_chance_level(zoo):
+    """With --wm-reference the chance level is what the defender's own unwatermarked encoder reaches through
+    the same alignment, measured locally; the victim still clears it, and a suspect equal to the reference
+    cannot (it is the null)."""
+    victim, ref = zoo["victim"], zoo["independent"]
+    plain = verify(victim, LocalSuspect(zoo["paths"]["independent"]), CFG).row("watermark_aligned")
+    assert plain.detail["chance"] == 0.5 and "reference_accuracy" not in plain.detail
+    rep = verify(victim, LocalSuspect(zoo["paths"]["victim"]), CFG, wm_references={"ref": ref})
+    row = rep.row("watermark_aligned")
+    (acc,) = row.detail["reference_accuracy"].values()
+    assert row.detail["chance"] == max(0.5, acc)
+    assert acc == pytest.approx(plain.value, abs=0.02)  # the reference read like a suspect: the same accuracy
+    assert row.verdict == "stolen" and rep.overall == "stolen"
+    same = verify(victim, LocalSuspect(zoo["paths"]["independent"]), CFG, wm_references={"ref": ref}).row("watermark_aligned")
+    assert same.verdict == "independent" and same.p_value > 0.01
+    # a reference that reads as well as the victim raises the bar above the victim's own accuracy
+    high = verify(victim, LocalSuspect(zoo["paths"]["victim"]), CFG, wm_references={"victim-as-reference": victim})
+    assert high.row("watermark_aligned").detail["chance"] > 0.75 and high.row("watermark_aligned").verdict == "independent"
