@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                     "raw": [row.detail.get("t_uncalibrated"), row.detail.get("p_uncalibrated")],
                     "zero_effect": [row.detail.get("t_zero_effect"), row.detail.get("p_zero_effect")],
                     "margin": row.detail.get("margin"), "raw_cosine": row.detail.get("raw_cosine"),
-                    "reference_r2": row.detail.get("reference_r2")} if row else None
+                    "reference_r2": row.detail.get("reference_r2"), "chance": row.detail.get("chance"),
+                    "reference_accuracy": row.detail.get("reference_accuracy")} if row else None
         ref_tests = next((r.detail["reference_tests"] for r in rep.rows if "reference_tests" in r.detail), ref_tests)
         r["overall"], r["queries"], r["seconds"] = rep.overall, rep.queries["sent"], rep.seconds
         rows.append(r)
@@ -240,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     if ref_tests:  # the references' own raw DI tests on the private rows (the same for every suspect)
         print("references' raw DI tests: " + ", ".join(f"{n}: t={v['t']}" for n, v in ref_tests.items()))
     cmd = command("bench.zoo", argv)
-    path = write_json(args.area, args.out, {"command": cmd, "config": cfg.model_dump(), "references": ref_tests, "rows": rows,
+    path = write_json(args.area, args.out, {"command": cmd, "config": cfg.model_dump(), "references": ref_tests,
+                                            "wm_references": [str(p) for p in args.wm_reference], "rows": rows,
                                             "confusion": conf, "missing": missing})
     print(f"wrote {plot(rows, cfg.alpha, output(args.area, args.out + '.png'))}")
     md = ["# Defender model zoo", "", f"`nice -n 10 {cmd}`", "",
