@@ -56,6 +56,8 @@ INDEX: list[tuple[str, str, str]] = [
     ("defender/zoo_di12b.json", "model zoo of record, round 2 (confirmatory)", "bench.zoo"),
     ("defender/zoo_mnist5k.json", "model zoo of the real-digit victim: copies and independents, verdicts and p-values",
      "bench.zoo"),
+    ("defender/zoo_mnist5k_ref.json", "the same zoo with the watermarks' chance level measured on two unwatermarked "
+     "reference encoders (--wm-reference)", "bench.zoo"),
     ("defender/zoo_*.md", "the zoo's table and confusion", "bench.zoo"),
     ("defender/zoo_*.png", "the zoo's p-values per suspect", "bench.zoo"),
     ("defender/di_null_di12.json", "dataset inference's null on unseen pools, with the margin", "bench.di_null"),
