@@ -33,11 +33,7 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
-if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
-fi
-start=$SECONDS
-step() { printf '\n== %s (%ds)\n' "$1" "$((SECONDS - start))"; }
+source scripts/gpu_common.sh  # PYTHON, step
 
 if [[ $mode == gpu ]]; then
   preset=gpu-r18
