@@ -194,7 +194,10 @@ def reproduction() -> str:
          *[f"coverage {cov(b)}; broad customer's drop {broad_hit(b)}" for b in BENCHES]],
         ["ownership: every copy flagged and every independent cleared (overall verdict, plain and obfuscated; "
          "the last zoo of each benchmark)",
-         *[_holds(zoo_ok(b)) for b in BENCHES]],
+         *[_holds(zoo_ok(b)) + (f": copies missed in {', '.join(zf[b]['missed'])}" if zf[b]["missed"] else "")
+           + (f"; independents flagged {zf[b]['f'][('plain', 'independent')][1] - zf[b]['f'][('plain', 'independent')][0]}"
+              if zf[b]["f"][("plain", "independent")][0] < zf[b]["f"][("plain", "independent")][1] else "")
+           for b in BENCHES]],
     ]
     steps = [f"`{shapes['command']}`", f"`{digits['command']}`"]
     for f in df.values():
