@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="small budgets train for more epochs so every copy gets at least this many optimiser steps")
     p.add_argument("--aug-reuse", type=int, default=0, help="StolenEncoder: K augmented views reuse each answer")
     p.add_argument("--save-dir", help="save every stolen checkpoint as SAVE_DIR/stolen-<loss>-<queries> (the defender's zoo)")
+    p.add_argument("--device", default="cpu", help="where the stolen copies train (cpu, cuda); the probes run on the CPU")
     p.add_argument("--quick", action="store_true", help="mse+infonce, budgets 500,1000, width 8, 2 epochs, probe 2000")
     a = p.parse_args(argv)
     if a.quick:
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             for loss in losses:
                 bs = min(a.batch_size, n)
                 epochs = max(a.epochs, -(-a.min_steps // (n // bs)))
-                cfg = StealConfig(loss=loss, width=a.width, epochs=epochs, batch_size=bs, lr=a.lr, aug_reuse=a.aug_reuse)
+                cfg = StealConfig(loss=loss, width=a.width, epochs=epochs, batch_size=bs, lr=a.lr, aug_reuse=a.aug_reuse,
+                                  device=a.device)
                 t = time.perf_counter()
                 ck, hist = train_stolen(qs.images[:n], got.answers[:n], cfg, qs.labels[:n],
                                         extra_config={"queries": n, "query_set": a.query_set, "bench": "attack_table"})

@@ -5,6 +5,8 @@
 #   bash scripts/gpu_train.sh --nproc 4             # the same on 4 GPUs (torchrun, DDP; the batch of 512 split 4 ways)
 #   bash scripts/gpu_train.sh --cpu-smoke           # the same steps on the CPU: a tiny config, seconds, no targets
 #   bash scripts/gpu_train.sh --cpu-smoke --nproc 2 # ... in two CPU processes (torchrun, Gloo)
+#   bash scripts/gpu_train.sh --steal               # then (5) the stealing table at width 64 against the new victim
+#                                                   # (python -m bench.attack_table on the GPU; up to 5 more minutes)
 #
 # Steps, each under `timeout`: (1) check that torch sees CUDA (and N devices); (2) render the training split
 # (the probe splits render in the background on a GPU run, in the foreground in the smoke run); (3) python -m
@@ -24,11 +26,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=gpu
 nproc=1
+steal=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --cpu-smoke|--dry-run) mode=smoke ;;
     --nproc) nproc="${2:?--nproc needs a number}"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --steal) steal=1 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -149,5 +153,19 @@ print(f"result: {path}")
 sys.exit(0 if payload["pass"] else 1)
 EOF
 wait 2>/dev/null || true
+
+if [[ $steal == 1 && $status == 0 ]]; then
+  # the stealing table against the victim just trained: its API (on the GPU when there is one), MSE / InfoNCE /
+  # SoftNN copies at two budgets, written to results/attack/<out>.json by the bench itself
+  if [[ $mode == gpu ]]; then
+    steal_args=(--width 64 --device cuda --losses mse,infonce,softnn --budgets 2000,4000 --epochs 30 --batch-size 256
+                --out attack_table_gpu_r18)
+  else
+    steal_args=(--width 4 --device cpu --losses mse --budgets 64 --epochs 1 --batch-size 32 --probe-train-size 200
+                --out attack_table_smoke)
+  fi
+  step "5. stealing table (${steal_args[*]})"
+  timeout 300 "$PYTHON" -m bench.attack_table --checkpoint "$out" --cache "$out/attack-cache" "${steal_args[@]}" || status=$?
+fi
 echo "total $((SECONDS - start)) s"
 exit "$status"

@@ -36,6 +36,8 @@ INDEX: list[tuple[str, str, str]] = [
      "bench.attack_table"),
     ("attack/attack_table_mnist5k.md", "its table", "bench.attack_table"),
     ("attack/attack_accuracy_vs_queries_mnist5k.png", "its plot", "bench.attack_table"),
+    ("attack/attack_table_gpu_r18.json", "the stealing table at width 64 against the gpu-r18 victim "
+     "(scripts/gpu_train.sh --steal)", "bench.attack_table"),
     ("attack/attack_averaging.json", "query averaging vs keyed and fresh noise", "bench.attack_averaging"),
     ("attack/attack_averaging.md", "its table", "bench.attack_averaging"),
     ("attack/coverage_curve.json", "B4B SimHash coverage of attacker vs legitimate streams", "bench.coverage_curve"),

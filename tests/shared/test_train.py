@@ -105,10 +105,10 @@ def test_presets_validate():
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _gpu_train_smoke(tmp_path: Path, data_root: Path, nproc: int) -> tuple[subprocess.CompletedProcess, dict]:
+def _gpu_train_smoke(tmp_path: Path, data_root: Path, nproc: int, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     env = {**os.environ, "HEIST_RESULTS_DIR": str(tmp_path / "results"), "HEIST_DATA_DIR": str(data_root),
            "RUN_DIR": str(tmp_path / "run"), "PYTHON": sys.executable}
-    r = subprocess.run(["bash", str(REPO / "scripts" / "gpu_train.sh"), "--cpu-smoke", "--nproc", str(nproc)], cwd=REPO,
+    r = subprocess.run(["bash", str(REPO / "scripts" / "gpu_train.sh"), "--cpu-smoke", "--nproc", str(nproc), *extra], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=240)
     path = tmp_path / "results" / "cpu" / "gpu_train_smoke.json"
     assert path.is_file(), r.stdout[-3000:] + r.stderr[-3000:]
@@ -119,8 +119,9 @@ def _gpu_train_smoke(tmp_path: Path, data_root: Path, nproc: int) -> tuple[subpr
 @pytest.mark.slow
 def test_gpu_train_script_cpu_smoke_on_two_processes(data_root, tmp_path):
     """The GPU training check's steps on the CPU: heist-server train under torchrun with two Gloo processes,
-    rank 0 alone reporting, and the result file with its wall time and checks."""
-    r, result = _gpu_train_smoke(tmp_path, data_root, 2)
+    rank 0 alone reporting, and the result file with its wall time and checks; then (--steal) the stealing
+    table against the victim just trained, through its API."""
+    r, result = _gpu_train_smoke(tmp_path, data_root, 2, "--steal")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert result["pass"] and result["processes"] == 2 and result["exit_code"] == 0
     assert result["epochs"] == 2 and len(result["losses"]) == 2 and result["train_images_per_s"] > 0
@@ -129,6 +130,9 @@ def test_gpu_train_script_cpu_smoke_on_two_processes(data_root, tmp_path):
     assert "probe_shape" in result["probes"] and "torch.distributed.run --standalone --nproc-per-node 2" in result["command"]
     assert "processes=2" in r.stdout and r.stdout.count("checkpoint written") == 1  # rank 0 reports, alone
     assert (tmp_path / "run" / "config.json").is_file() and "PASS  all 2 epochs ran" in r.stdout
+    table = json.loads((tmp_path / "results" / "attack" / "attack_table_smoke.json").read_text())
+    assert [(row["loss"], row["queries"]) for row in table["rows"]] == [("mse", 64)] and table["config"]["width"] == 4
+    assert "5. stealing table" in r.stdout and table["victim_api"]["probe_shape"] > 0
 
 
 @pytest.mark.live
