@@ -116,7 +116,8 @@ def _zoo_rows() -> tuple[list[list[str]], dict[str, dict]]:
         indep = sum(r["truth"] == "independent" for r in plain)
         refs = z.get("wm_references") or []
         chance = "references' level" if refs else "50%"
-        missed = sorted({r["group"] for r in plain if r["truth"] == "stolen" and r["overall"] != "stolen"})
+        missed = sorted({r["group"] for r in z["rows"] if r["truth"] == "stolen" and r["overall"] != "stolen"},
+                        key=lambda g: (len(g), g))  # plain or obfuscated
         rows.append([BENCHES[bench], f"{copies} copies, {indep} independents; watermark chance {chance}",
                      *[f"{f[(lab, t)][0]}/{f[(lab, t)][1]}" for lab in ("plain", "obfuscated") for t in ("stolen", "independent")],
                      *[f"{a}/{b}" for a, b in methods.values()], ", ".join(missed) or "none"])
@@ -229,7 +230,7 @@ every class and the thief's volume):
 
 {md_table(["benchmark", "zoo", "copies (and the victim) flagged", "independents cleared", "obfuscated copies flagged",
            "obfuscated independents cleared", "aligned watermark", "dataset inference",
-           "copies missed (group)"], zrows)}
+           "groups with a copy missed"], zrows)}
 
 **Findings** (each verdict computed from the tables above):
 
