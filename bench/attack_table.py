@@ -34,7 +34,6 @@ from attacker.queries import acquire, load_query_set
 from attacker.steal import StealConfig, train_stolen
 from bench.harness import command, output, table, write_json
 from shared.checkpoint import load_checkpoint, save_checkpoint
-from shared.data.synthetic import DataSpec
 from testbed.services import new_key, serve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         a.out = a.out + "_quick" if a.out == "attack_table" else a.out
     losses, budgets = a.losses.split(","), sorted(int(b) for b in a.budgets.split(","))
     vcfg = load_checkpoint(a.checkpoint).config
-    spec = DataSpec.model_validate(vcfg.data.get("spec", {}))  # the victim's benchmark
+    spec = vcfg.data_spec()  # the victim's benchmark
     main_probe = f"probe_{spec.main_task}"
     private = vcfg.data.get("train_size") or spec.splits[vcfg.data.get("train_split", "train")].size
 

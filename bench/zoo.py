@@ -25,7 +25,6 @@ runs/di/victim --out zoo_di``; see docs/defender.md).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -47,10 +46,10 @@ def _p(x: float | None) -> str:
 
 def steal_all(args: argparse.Namespace) -> None:
     """Start the victim API and run ``heist-attack steal`` for each loss and budget (skips existing copies)."""
-    from shared.data.synthetic import DataSpec
+    from shared.checkpoint import read_config
     from testbed.services import serve
 
-    spec = DataSpec.model_validate(json.loads((args.victim / "config.json").read_text())["data"].get("spec", {}))
+    spec = read_config(args.victim).data_spec()
     data = ["--dataset", spec.dataset, "--data-seed", str(spec.seed), *([] if spec.root is None else ["--data-root", spec.root])]
     with serve(args.victim, {"tiers": {"unlimited": {"outputs": ["representation", "projection"]}}},
                log_path=results_dir() / "zoo-server.log") as srv:

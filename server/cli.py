@@ -86,13 +86,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from shared.checkpoint import load_checkpoint
-    from shared.data.synthetic import DataSpec
     from shared.device import resolve_device
     from shared.train.evaluate import format_report, full_report
 
     ckpt = load_checkpoint(args.checkpoint)
-    spec = DataSpec.model_validate(ckpt.config.data["spec"]) if "spec" in ckpt.config.data else DataSpec()
-    metrics = full_report(ckpt, spec, resolve_device("auto"), with_baseline=not args.no_baseline, progress=True)
+    metrics = full_report(ckpt, ckpt.config.data_spec(), resolve_device("auto"), with_baseline=not args.no_baseline, progress=True)
     print(json.dumps(metrics, indent=2) if args.json else format_report(metrics))
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -20,6 +20,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shared.models import ProjectionHead, RotationPredictor, build_encoder
+
+if TYPE_CHECKING:
+    from shared.data.synthetic import DataSpec
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -71,6 +74,12 @@ class EncoderConfig(BaseModel):
     seed: int = 0
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def data_spec(self) -> DataSpec:
+        """The benchmark the encoder was trained on (its data spec; the default procedural spec when it stored none)."""
+        from shared.data.synthetic import DataSpec
+
+        return DataSpec.model_validate(self.data.get("spec") or {})
 
 
 class Encoder(nn.Module):

@@ -69,11 +69,11 @@ def representation_scale(checkpoint: str | Path, n: int = 1000) -> float:
     """Mean per-dimension standard deviation of the victim's representations on public images
     (the provider knows its own model; noise levels are set relative to this)."""
     from shared.checkpoint import load_checkpoint
-    from shared.data.synthetic import DataSpec, load_split
+    from shared.data.synthetic import load_split
     from shared.probe import extract_features
 
     ck = load_checkpoint(checkpoint)
-    spec = DataSpec.model_validate(ck.config.data["spec"]) if ck.config.data.get("spec") else DataSpec()
+    spec = ck.config.data_spec()
     x = extract_features(ck.encoder, load_split(spec, "public", progress=False).images[:n])
     return float(x.std(axis=0).mean())
 

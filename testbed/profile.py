@@ -124,10 +124,10 @@ def record_profile(checkpoint: str | Path, *, users: int = 5, images: int = 1200
     from tqdm.auto import tqdm
 
     from shared.checkpoint import load_checkpoint
-    from shared.data.synthetic import DataSpec, load_split
+    from shared.data.synthetic import load_split
 
     ck = load_checkpoint(checkpoint).eval()
-    spec = spec or DataSpec.model_validate(ck.config.data.get("spec", {}))  # the victim's own benchmark
+    spec = spec or ck.config.data_spec()  # the victim's own benchmark
     test, attack = load_split(spec, "test"), load_split(spec, "attack")
     c = None
     if center:
