@@ -40,6 +40,17 @@ class QuerySet:
     labels: np.ndarray | None  # main-task labels (SupCon needs them), or None
 
 
+def query_set_split(source: str, dataset: str = "heist-shapes", data_seed: int = 0, root: str | None = None):
+    """The data spec and split a query set names: ``SPLIT`` of ``dataset``, or ``DATASET:SPLIT``
+    (``root`` belongs to ``dataset``; the procedural benchmark needs none)."""
+    from shared.data.synthetic import SHAPES, dataset_spec
+
+    if ":" in source:
+        dataset, source = source.split(":", 1)
+        root = None if dataset == SHAPES else root
+    return dataset_spec(dataset, seed=data_seed, root=root), source
+
+
 def load_query_set(source: str, n: int, data_seed: int = 0, dataset: str = "heist-shapes", root: str | None = None) -> QuerySet:
     """The first ``n`` images of a query set.
 
@@ -59,12 +70,10 @@ def load_query_set(source: str, n: int, data_seed: int = 0, dataset: str = "heis
         labels = ds.labels[TASK]
         labels = labels if (labels >= 0).all() else None
     else:
-        from shared.data.synthetic import SHAPES, SplitSpec, cache_dir, dataset_spec, generate_split, load_split
+        from shared.data.synthetic import SHAPES, SplitSpec, cache_dir, generate_split, load_split
 
-        if ":" in source:
-            dataset, source = source.split(":", 1)
-            root = None if dataset == SHAPES else root
-        spec = dataset_spec(dataset, seed=data_seed, root=root)
+        spec, source = query_set_split(source, dataset, data_seed, root)
+        dataset = spec.dataset
         if source not in spec.splits:
             raise ValueError(f"unknown query set {source!r} of {dataset}; use attack, shifted_train, DATASET:SPLIT "
                              "or real:NAME:ROOT")

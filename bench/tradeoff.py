@@ -35,6 +35,7 @@ import torch
 
 from attacker.cache import QueryCache
 from attacker.measure import probe_local
+from attacker.queries import query_set_split
 from bench.harness import PROFILE, command, output, table, write_json
 from shared.checkpoint import load_checkpoint
 from shared.data.synthetic import DataSpec, load_split
@@ -53,11 +54,8 @@ ADAPTIVE = [
 
 def thief_queries(spec: DataSpec, query_set: str, wanted: int) -> int:
     """min(wanted, the query set's size): a thief cannot buy more images than its pool holds."""
-    from shared.data.synthetic import dataset_spec
-
-    name, split = query_set.split(":", 1) if ":" in query_set else (spec.dataset, query_set)
-    other = spec if name == spec.dataset else dataset_spec(name)
-    return min(wanted, other.splits[split].size)
+    pool, split = query_set_split(query_set, spec.dataset, spec.seed, spec.root)
+    return min(wanted, pool.splits[split].size)
 
 
 def steal(url: str, keys: list[str], out: Path, cache: Path, a: argparse.Namespace, extra: list[str], spec: DataSpec,
