@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from bench.report.attack import LOSSES as LOSS_NAMES
 from bench.report.common import REPO, load, md_table, pct, results_dir, src
 
 BENCHES = {"heist-shapes": "procedural shapes", "mnist5k": "real MNIST digits (mnist5k)"}
@@ -18,7 +19,6 @@ TRADEOFF = {"heist-shapes": ["attack/tradeoff", "attack/tradeoff_thieves"], "mni
 ZOO = {"heist-shapes": ["defender/zoo_di12"], "mnist5k": ["defender/zoo_mnist5k", "defender/zoo_mnist5k_ref"]}
 VICTIMS = {"heist-shapes": "assets/victim-cpu", "mnist5k": "assets/victim-cpu-mnist5k"}  # their reports: random init
 LOSSES = ("mse", "infonce", "softnn")
-LOSS_NAMES = {"mse": "MSE", "infonce": "InfoNCE", "softnn": "SoftNN"}
 POLICIES = ("none", "noise", "similar", "b4b", "pow", "all")
 THIEF_NAMES = {"attack": "in-distribution", "shifted_train": "sketch domain", "heist-shapes:shifted_train": "sketch domain",
                "mnist5k:attack": "real digits", "mnist5k:shifted_train": "other real digits (8 px)"}

@@ -22,7 +22,6 @@ the folder datasets need their files under ``DataSpec.root`` and are never downl
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -67,16 +66,14 @@ def _digits8_pool(size: int, root: str | None) -> Pool:
     return _to_rgb_size(images, size), np.asarray(d.target, dtype=np.int64), [str(c) for c in d.target_names]
 
 
-def _folder_pool(name: str) -> Callable[[str, int, str | None], Pool]:
-    def load(pool: str, size: int, root: str | None) -> Pool:
-        from shared.data.real import TASK, load_real
+def _folder_pool(name: str, pool: str, size: int, root: str | None) -> Pool:
+    """One official split (``pool``) of a folder dataset, read by ``shared.data.real``."""
+    from shared.data.real import TASK, load_real
 
-        if root is None:
-            raise ValueError(f"dataset {name} reads its files from a folder: set the data spec's root (--data-root DIR)")
-        ds = load_real(name, root, pool, size=size)
-        return ds.images, ds.labels[TASK], ds.classes[TASK]
-
-    return load
+    if root is None:
+        raise ValueError(f"dataset {name} reads its files from a folder: set the data spec's root (--data-root DIR)")
+    ds = load_real(name, root, pool, size=size)
+    return ds.images, ds.labels[TASK], ds.classes[TASK]
 
 
 _FOLDER_SPLITS = {"train": ("train", 20000), "test": ("test", 4000), "attack": ("train", 10000), "public": ("train", 2000)}
@@ -95,19 +92,14 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
-def _pool_loader(name: str, pool: str) -> Callable[[int, str | None], Pool]:
-    if name == "mnist5k":
-        return _mnist_pool if pool == "mnist" else _digits8_pool
-    load = _folder_pool(name)
-    return lambda size, root: load(pool, size, root)
-
-
 @lru_cache(maxsize=8)
 def load_pool(name: str, pool: str, size: int, root: str | None) -> Pool:
     """Every image of one pool at ``size`` (cached per process: splits of one pool share it)."""
     if name not in BENCHMARKS or pool not in BENCHMARKS[name].pools:
         raise ValueError(f"unknown pool {pool!r} of dataset {name!r}")
-    return _pool_loader(name, pool)(size, root)
+    if name == "mnist5k":
+        return (_mnist_pool if pool == "mnist" else _digits8_pool)(size, root)
+    return _folder_pool(name, pool, size, root)
 
 
 def stratified_order(labels: np.ndarray, seed: list[int]) -> np.ndarray:
