@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=20, help="thief's training epochs")
     p.add_argument("--obfuscate", default="permute", choices=["none", "permute", "affine", "pad_shuffle"],
                    help="how the thief hides the stolen copy's outputs when serving it")
-    p.add_argument("--verify-n", type=int, default=1000, help="defender's sample sizes (watermark images, DI parts, alignment)")
+    p.add_argument("--verify-n", type=int, default=1000, help="defender's sample sizes (watermark images, DI parts, alignment), "
+                   "each at most what the victim's splits hold (mnist5k: 500 public images for the alignment)")
     p.add_argument("--probe-train-size", type=int, default=5000, help="probe training images for the stolen copy")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "demo")
     p.add_argument("--threads", type=int, default=2)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     from attacker.measure import probe_local
     from shared.cache import QueryCache
     from shared.checkpoint import load_checkpoint
-    from shared.data.synthetic import DataSpec, load_split, make_all
+    from shared.data.synthetic import DataSpec, load_split, make_all, private_set_size
     from testbed.legit import LegitTask, legit_user
     from testbed.policies import POLICIES, policy_tiers, representation_scale
 
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                             quality=probe_local(stolen.encoder, spec, a.probe_train_size, progress=False))
 
     step(7, total, f"each thief hosts its copy (obfuscation: {a.obfuscate}); the owner verifies the endpoint")
+    n_private = min(a.verify_n, private_set_size(spec, vcfg["data"].get("train_size")) // 2)  # two disjoint private parts
     suspect_cfg: dict = {"tiers": {"unlimited": {"outputs": ["representation"]}}}
     if a.obfuscate != "none":
         suspect_cfg["obfuscation"] = {"kind": a.obfuscate, "seed": 11}
@@ -188,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             owner_key = suspect_api.new_account("owner", "unlimited")
             verify_dir = out / f"verify-{pol}"
             run(["defender.cli", "verify", "--victim", str(a.victim), "--suspect", suspect_api.url, "--out", str(verify_dir),
-                 "--quiet", "--wm-n", str(a.verify_n), "--align-n", str(a.verify_n), "--di-fit", str(a.verify_n),
-                 "--di-private", str(a.verify_n), "--di-public", str(a.verify_n)], env={"HEIST_API_KEY": owner_key})
+                 "--quiet", "--wm-n", str(n_private), "--align-n", str(min(a.verify_n, spec.splits["public"].size)),
+                 "--di-fit", str(n_private), "--di-private", str(n_private),
+                 "--di-public", str(min(a.verify_n, spec.splits["test"].size))], env={"HEIST_API_KEY": owner_key})
         ver = json.loads((verify_dir / "verify.json").read_text())
         thieves[pol]["verdicts"] = [{k: r.get(k) for k in ("method", "statistic", "value", "p_value", "verdict")}
                                     for r in ver["rows"]]

@@ -79,8 +79,9 @@ def test_demo_end_to_end_on_real_digits(tmp_path):
     from testbed.demo import main
 
     out = tmp_path / "demo"
+    # --verify-n 600 is more than the 500 public digits: the demo sizes the alignment to the victim's split
     rc = main(["--victim", str(tmp_path / "victim"), "--dataset", "mnist5k", "--policy", "none", "--queries", "300",
-               "--epochs", "1", "--verify-n", "100", "--probe-train-size", "500", "--threads", "2", "--out", str(out)])
+               "--epochs", "1", "--verify-n", "600", "--probe-train-size", "500", "--threads", "2", "--out", str(out)])
     assert rc == 0
     (run,) = list(out.iterdir())
     s = json.loads((run / "summary.json").read_text())
