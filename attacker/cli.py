@@ -2,9 +2,17 @@
 
     heist-attack steal --url URL --api-key KEY [--api-key KEY2 ...] --queries N --loss LOSS \
         --query-set attack|shifted_train|DATASET:SPLIT|real:NAME:ROOT --out DIR --cache DIR \
-        [--mode direct|recreate-head|access-head] [--dataset heist-shapes|mnist5k|...]
+        [--mode direct|recreate-head|access-head] [--dataset heist-shapes|mnist5k|...] \
+        [--remove-watermark none|cse|spa [--cse-reference DIR] [--spa-copies P] ...]
     heist-attack evaluate --checkpoint DIR [--checkpoint DIR ...] --url URL --api-key KEY --cache DIR --out DIR
     heist-attack probe --checkpoint DIR
+
+``--remove-watermark`` attacks an output watermark between buying and training
+(:mod:`attacker.removal`): ``cse`` projects the directions found by WARDEN's clustering, selection
+and elimination (with the thief's own encoder, ``--cse-reference``, as the reference) out of every
+answer; ``spa`` buys ``--spa-copies`` perturbed copies of every query (cached and counted like the
+queries) and trains without the ``--spa-drop`` share of answers that move most unlike their
+neighbours.
 
 Stealing training on N processes (DDP; rank 0 buys and writes, the others train their slices):
 
@@ -82,6 +90,7 @@ def _evaluate(stolen_ckpt, args, keys, cache, cost: dict | None, out: Path, comm
 def _cmd_steal(args: argparse.Namespace) -> int:
     """Under torchrun rank 0 buys the answers (or reads them from the cache) and hands queries and answers
     to the other ranks, which wait for them (up to RANK0_WAIT) and train their slices; only rank 0 writes."""
+    _check_removal(args)
     import torch
 
     from attacker.steal import StealConfig, train_stolen
@@ -101,6 +110,67 @@ def _cmd_steal(args: argparse.Namespace) -> int:
 
 
 RANK0_WAIT = timedelta(hours=12)  # how long torchrun's other ranks wait for rank 0 to buy the answers
+
+
+def _check_removal(args: argparse.Namespace) -> None:
+    """Refuse watermark-removal options that cannot work before anything is bought."""
+    from shared.checkpoint import read_config
+
+    attack = args.remove_watermark
+    if attack == "cse":
+        if not args.cse_reference:
+            raise ValueError("--remove-watermark cse needs --cse-reference DIR: a checkpoint folder of the thief's own "
+                             "encoder (e.g. heist-server train --kind independent on the attack split), whose features are the reference")
+        read_config(args.cse_reference)  # a clear error now rather than after buying
+        if args.cse_directions < 1 or args.cse_clusters < 1 or args.cse_rounds < 1 or not 0 < args.cse_select <= 1:
+            raise ValueError("--cse-directions, --cse-clusters and --cse-rounds must be >= 1 and --cse-select in (0, 1]")
+    elif attack == "spa":
+        if args.spa_copies < 1 or args.spa_neighbours < 1 or args.spa_shift < 0 or args.spa_sigma < 0 \
+                or not 0 <= args.spa_drop < 1:
+            raise ValueError("--spa-copies and --spa-neighbours must be >= 1, --spa-shift and --spa-sigma >= 0, "
+                             "--spa-drop in [0, 1)")
+    if attack != "cse" and args.cse_reference:
+        raise ValueError(f"--cse-reference is only used with --remove-watermark cse (got --remove-watermark {attack})")
+
+
+def _remove_watermark(args: argparse.Namespace, cfg, images, answers, labels, perturbed) -> tuple:
+    """(images, answers, labels) to train on after the chosen attack, and the record of what it did."""
+    import numpy as np
+
+    from attacker import removal
+
+    if args.remove_watermark == "cse":
+        from shared.checkpoint import load_checkpoint
+        from shared.probe import extract_features
+
+        ref = extract_features(load_checkpoint(args.cse_reference, cfg.device).encoder, images, device=cfg.device)
+        res = removal.cse(answers, ref, clusters=args.cse_clusters, select=args.cse_select, directions=args.cse_directions,
+                          rounds=args.cse_rounds, seed=args.seed)
+        last = res.details["rounds"][-1]
+        change = float(np.median(np.linalg.norm(res.answers - answers, axis=1) / (np.linalg.norm(answers, axis=1) + 1e-12)))
+        record = {"attack": "cse", "reference": str(args.cse_reference), "reference_dim": int(ref.shape[1]),
+                  "clusters": args.cse_clusters, "select": args.cse_select, "directions": args.cse_directions,
+                  "rounds": args.cse_rounds, "seed": args.seed, "directions_removed": res.details["removed"],
+                  "selected": res.details["selected"], "median_relative_change": round(change, 4), "details": res.details}
+        print(f"remove-watermark cse: removed {res.details['removed']} directions from all {len(answers)} answers "
+              f"({res.details['selected']} selected in {args.cse_clusters} clusters, reference fit {last['reference_fit']:.3f}, "
+              f"top directions explain {last['explained']:.3f}; median relative change {change:.3f})"
+              + ("; the reference explains little of the answers, so these directions may not be the watermark's"
+                 if last["reference_fit"] < 0.5 else ""))
+        return images, res.answers, labels, record
+    n, d = answers.shape
+    scores = removal.spa_scores(answers, perturbed.reshape(n, args.spa_copies, d), args.spa_neighbours)
+    keep = removal.spa_keep(scores, args.spa_drop)
+    flagged = n - len(keep)
+    threshold = float(np.sort(scores)[::-1][flagged - 1]) if flagged else None
+    record = {"attack": "spa", "copies": args.spa_copies, "sigma": args.spa_sigma, "shift": args.spa_shift,
+              "neighbours": args.spa_neighbours, "drop": args.spa_drop, "seed": args.seed, "flagged": flagged,
+              "kept": len(keep), "score_median": round(float(np.median(scores)), 4),
+              "score_threshold": None if threshold is None else round(threshold, 4)}
+    print(f"remove-watermark spa: {flagged} of {n} answers flagged (moved "
+          + (f">= {threshold:.2f}x" if threshold is not None else "-")
+          + f" their {args.spa_neighbours} neighbours' median under {args.spa_copies} perturbed copies), training on {len(keep)}")
+    return images[keep], answers[keep], None if labels is None else labels[keep], record
 
 
 def _steal(args: argparse.Namespace, cfg) -> int:
@@ -124,10 +194,14 @@ def _steal(args: argparse.Namespace, cfg) -> int:
     out, command = Path(args.out), _command_line()
     t0 = time.perf_counter()
     output = "projection" if args.mode == "access-head" else "representation"
+
+    def buy(queries, cache):
+        return asyncio.run(acquire(args.url, keys, queries, cache, output=output, anchors=args.anchors, repeats=args.repeats,
+                                   concurrency=args.concurrency, batch_size=args.request_size, pow_workers=args.pow_workers,
+                                   max_retries=args.max_retries, max_wait_s=args.max_wait))
+
     with QueryCache(args.cache) as cache:
-        got = asyncio.run(acquire(args.url, keys, images, cache, output=output, anchors=args.anchors, repeats=args.repeats,
-                                  concurrency=args.concurrency, batch_size=args.request_size, pow_workers=args.pow_workers,
-                                  max_retries=args.max_retries, max_wait_s=args.max_wait))
+        got = buy(images, cache)
         t_buy = time.perf_counter() - t0
         stats = merged_stats(got.accounts)
         needed = got.from_cache + got.bought
@@ -137,16 +211,37 @@ def _steal(args: argparse.Namespace, cfg) -> int:
         if got.mapper_fit_error:
             print(f"sybil mapper: relative residual on {args.anchors} anchors: "
                   + ", ".join(f"{e:.3f}" for e in got.mapper_fit_error))
+        removal_cost: dict = {}
+        perturbed = None
+        if args.remove_watermark == "spa":  # the perturbed copies are bought like the queries: cached, resumable, counted
+            from attacker.removal import perturb_images
+
+            copies = perturb_images(images, args.spa_copies, sigma=args.spa_sigma, shift=args.spa_shift, seed=args.seed)
+            t1 = time.perf_counter()
+            extra_got = buy(copies, cache)
+            xstats = merged_stats(extra_got.accounts)
+            perturbed = np.asarray(extra_got.answers)
+            removal_cost = {"removal_queries": len(copies), "removal_answers_bought_this_run": extra_got.bought,
+                            "removal_answers_from_cache": extra_got.from_cache,
+                            **{f"removal_{k}": xstats[k] for k in ("requests", "retries", "pow_challenges", "pow_hashes",
+                                                                   "pow_seconds")},
+                            "removal_query_seconds": round(time.perf_counter() - t1, 1)}
+            print(f"spa queries: {extra_got.from_cache + extra_got.bought} answers needed ({len(copies)} perturbed copies, "
+                  f"{args.spa_copies} per query), {extra_got.from_cache} served from cache, {extra_got.bought} bought "
+                  f"({xstats['requests']} requests, {removal_cost['removal_query_seconds']:.1f} s)")
         if args.buy_only:
             distributed.broadcast(None)
             return 0
         cost = {"queries": len(images), "answers_bought_this_run": got.bought, "answers_from_cache": got.from_cache,
                 "accounts": len(keys), "anchors": args.anchors if len(keys) > 1 else 0, "repeats": args.repeats,
                 "requests": stats["requests"], "retries": stats["retries"], "pow_challenges": stats["pow_challenges"],
-                "pow_hashes": stats["pow_hashes"], "pow_seconds": stats["pow_seconds"], "query_seconds": round(t_buy, 1)}
+                "pow_hashes": stats["pow_hashes"], "pow_seconds": stats["pow_seconds"], "query_seconds": round(t_buy, 1),
+                **removal_cost}
         extra = {"query_set": qs.name, "queries": len(images), "cost": cost, "victim_url": args.url,
                  "sybil_mapper_error": got.mapper_fit_error}
         answers = np.asarray(got.answers)
+        if args.remove_watermark != "none":
+            images, answers, labels, extra["removal"] = _remove_watermark(args, cfg, images, answers, labels, perturbed)
         distributed.broadcast((images, answers, cfg, labels, extra))
         ckpt, hist = train_stolen(images, answers, cfg, labels, extra)
         distributed.shutdown()  # the other ranks are done; evaluation runs here alone
@@ -258,6 +353,29 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N; under torchrun cuda means each rank's own GPU")
     st.add_argument("--threads", type=int, default=None)
+    rm = st.add_argument_group("watermark removal", "attack an output watermark between buying and training (attacker.removal)")
+    rm.add_argument("--remove-watermark", choices=("none", "cse", "spa"), default="none",
+                    help="cse: project WARDEN's clustering-selection-elimination directions out of every answer; spa: buy "
+                         "perturbed copies of the queries and drop the answers that move unlike their neighbours "
+                         "(default: %(default)s)")
+    rm.add_argument("--cse-reference", default=None, metavar="DIR",
+                    help="cse (required): checkpoint folder of the thief's own encoder; its features of the queries, mapped "
+                         "linearly onto the answers, are the reference")
+    rm.add_argument("--cse-directions", type=int, default=4, metavar="K", help="cse: directions removed per round (default: %(default)s)")
+    rm.add_argument("--cse-clusters", type=int, default=20, metavar="C", help="cse: k-means clusters (default: %(default)s)")
+    rm.add_argument("--cse-select", type=float, default=0.05, metavar="SHARE",
+                    help="cse: share of each cluster's pairs selected (default: %(default)s)")
+    rm.add_argument("--cse-rounds", type=int, default=1, metavar="R", help="cse: clustering-selection-elimination rounds (default: %(default)s)")
+    rm.add_argument("--spa-copies", type=int, default=2, metavar="P",
+                    help="spa: perturbed copies bought per query (P x --queries extra queries; default: %(default)s)")
+    rm.add_argument("--spa-drop", type=float, default=0.1, metavar="SHARE", help="spa: share of answers dropped (default: %(default)s)")
+    rm.add_argument("--spa-neighbours", type=int, default=10, metavar="K", help="spa: neighbours a movement is compared with (default: %(default)s)")
+    # a one-pixel shift moves a 32-pixel image's answer as much as the mark's ramp is wide, which drowns the ramp's
+    # extra movement: on the CPU victim pixel noise alone (sigma 1 to 2) flags about twice as many ramp answers
+    rm.add_argument("--spa-sigma", type=float, default=2.0, metavar="SIGMA",
+                    help="spa: Gaussian pixel noise of the copies, 0-255 units (default: %(default)s)")
+    rm.add_argument("--spa-shift", type=int, default=0, metavar="PIXELS",
+                    help="spa: largest random shift of the copies in pixels, edges replicated (default: %(default)s)")
     st.set_defaults(func=_cmd_steal)
 
     ev = sub.add_parser("evaluate", help="probe stolen copies vs the victim through the API; report + plot")

@@ -59,6 +59,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     cfg = VerifyConfig(**{name: getattr(args, name) for _, name, _ in VERIFY_OPTIONS})
     references = {str(r): load_checkpoint(r) for r in args.di_reference or []}
     wm_references = {str(r): load_checkpoint(r) for r in args.wm_reference or []}
+    owm = None
+    if args.owm_key:
+        from shared.output_watermark import load_calibration
+
+        secret = os.environ.get("HEIST_SERVER_SECRET", "")
+        if not secret:
+            raise ValueError("--owm-key needs HEIST_SERVER_SECRET: the secret the victim's server runs with")
+        owm = (load_calibration(Path(args.owm_key)), secret.encode())
     transform = None
     if args.obfuscate:  # testing aid: obfuscate a *local* suspect's answers (keyed by --obfuscate-seed)
         transform = make_transform(args.obfuscate, load_checkpoint(args.suspect).config.representation_dim,
@@ -69,7 +77,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                           **({"max_wait_s": args.max_wait_s, "pow_workers": args.pow_workers}
                              if str(args.suspect).startswith(("http://", "https://")) else {})) as suspect:
             rep = verify(victim, suspect, cfg, victim_name=str(args.victim), progress=not args.quiet,
-                         references=references, wm_references=wm_references)
+                         references=references, wm_references=wm_references, owm=owm)
     except SuspectError as e:
         print(f"heist-defend verify: suspect error (no verdict): {e}", file=sys.stderr)
         return 3
@@ -108,6 +116,7 @@ VERIFY_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--components", "di_components", {"type": parse_components, "metavar": "COMPONENTS"}),
     ("--di-alternative", "di_alternative", {}),
     ("--di-margin", "di_margin", {"metavar": "RHO"}),
+    ("--owm-decoys", "owm_decoys", {}),
     ("--mi-dims", "mi_dims", {}),
     ("--methods", "methods", {}),
     ("--seed", "seed", {}),
@@ -155,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the defender's own encoder without the watermark (checkpoint folder); the watermarks' chance level "
                         "becomes the highest accuracy the victim's predictor reaches on a reference's aligned answers instead "
                         "of 50%% (repeatable; needed where any encoder sees the images' orientation, e.g. digits)")
+    v.add_argument("--owm-key", metavar="FILE",
+                   help="the output watermark's calibration file (heist-server watermark-key); the key's vectors come "
+                        "from HEIST_SERVER_SECRET, which must be the victim server's")
     v.add_argument("--obfuscate", choices=["permute", "pad_shuffle", "affine"], help="(local suspects) obfuscate its answers")
     v.add_argument("--obfuscate-seed", type=int, default=1)
     v.add_argument("--pad", type=int, default=16, help="padding dimensions for --obfuscate pad_shuffle")

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 DI_CANDIDATES = (1, 3, 10)
-METHODS = ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "similarity")
+METHODS = ("output_watermark", "watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "similarity")
 
 
 class VerifyConfig(BaseModel):
@@ -47,6 +47,9 @@ class VerifyConfig(BaseModel):
         "smallest share of the victim's own membership effect (its Cohen's d on the same rows, measured locally) "
         "that counts as inherited: DI tests H0 'the suspect's effect is at most di_margin x the victim's' instead of "
         "'no effect' (0: the paper's test). Never less conservative than the zero-effect test"))
+    owm_decoys: int = Field(default=1000, ge=100, description=(
+        "decoy keys of the output watermark: drawn like the true key from the secret and scored on the same answers, "
+        "their spread is the check's null"))
     mi_dims: int = Field(default=16, ge=1, description="whitened dimensions for the MI estimator")
     seed: int = Field(default=0, description=(
         "seed of the private parts, the alignment map, the GMM fits and the random-init baseline of similarity"))

@@ -95,6 +95,23 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_watermark_key(args: argparse.Namespace) -> int:
+    import os
+
+    from server.defences.output_watermark import calibrate_checkpoint
+
+    secret = os.environ.get("HEIST_SERVER_SECRET", "")
+    if len(secret) < 16:
+        raise ValueError("set HEIST_SERVER_SECRET (at least 16 characters) to the secret the server will run with: "
+                         "the key's vectors are drawn from it")
+    cal = calibrate_checkpoint(Path(args.checkpoint), secret.encode(), args.directions, args.rate, args.split, args.n)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(cal.model_dump_json(indent=1))
+    print(f"watermark key: {cal.directions} directions, rate {cal.rate} each, calibrated on {cal.calibrated_on['n']} "
+          f"{cal.calibrated_on['split']} images -> {args.out}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -262,6 +279,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-baseline", action="store_true")
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_report)
+
+    k = sub.add_parser("watermark-key", help="calibrate the output watermark's key (defence output_watermark) on the "
+                                             "victim; its vectors come from HEIST_SERVER_SECRET, which the file does not hold")
+    k.add_argument("--checkpoint", required=True, help="victim checkpoint folder")
+    k.add_argument("--out", required=True, help="calibration file (JSON) for the defence's key param and heist-defend --owm-key")
+    k.add_argument("--directions", type=int, default=4, help="region / target pairs (WARDEN's several directions)")
+    k.add_argument("--rate", type=float, default=0.05, help="share of natural inputs each direction marks")
+    k.add_argument("--split", default="test", help="calibration images: a split of the victim's benchmark")
+    k.add_argument("--n", type=int, default=2000, help="calibration images")
+    k.set_defaults(func=_cmd_watermark_key)
 
     s = sub.add_parser("serve", help="serve the victim embeddings API (uvicorn)")
     s.add_argument("--checkpoint", help="checkpoint folder (or HEIST_CHECKPOINT)")

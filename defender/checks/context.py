@@ -28,6 +28,7 @@ from defender.stats import Alignment, fit_alignment, standardise_rows
 from defender.suspects import Suspect
 from shared.checkpoint import Checkpoint
 from shared.data.synthetic import DataSpec, load_split, private_set_size, private_split_indices
+from shared.output_watermark import WatermarkCalibration
 
 PUBLIC = "public"
 COORDINATES = "coordinates"
@@ -48,9 +49,11 @@ class Context:
 
     def __init__(self, victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig, needs: Iterable[str], *,
                  references: dict[str, Checkpoint], encode: Encode, progress: bool = False,
-                 wm_references: dict[str, Checkpoint] | None = None) -> None:
+                 wm_references: dict[str, Checkpoint] | None = None,
+                 owm: tuple[WatermarkCalibration, bytes] | None = None) -> None:
         self.victim, self.suspect, self.cfg, self.references = victim, suspect, cfg, references
         self.wm_references = wm_references or {}
+        self.owm = owm  # the output watermark's calibration and the server secret its key comes from
         self.encode, self.progress = encode, progress
         self.needs = frozenset(needs)
         self.need: dict[str, int] = {}

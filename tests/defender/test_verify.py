@@ -199,6 +199,31 @@ def test_margin_is_measured_on_the_victim_and_only_raises_p_values(zoo):
         verify(zoo["victim"], LocalSuspect(zoo["paths"]["victim"]), plain).row("dataset_inference").value, abs=1e-3)
 
 
+def test_output_watermark_reads_marked_answers_behind_obfuscation(zoo):
+    """A suspect answering the marked API's answers (affine-obfuscated) is flagged; the victim's unmarked
+    weights, a copy distilled from them and an independent encoder are not; no extra queries."""
+    from shared.output_watermark import Marker, calibrate
+    from shared.probe import extract_features
+
+    secret = b"owm-verify-secret-0123456789"
+    victim = zoo["victim"]
+    cal = calibrate(extract_features(victim.encoder, load_split(SPEC, "test", progress=False).images), secret,
+                    directions=4, rate=0.1)
+    marker = Marker(cal, secret, 0.4)
+    t = make_transform("affine", victim.config.representation_dim, np.random.default_rng(3))
+    marked = FunctionSuspect("marked API [affine]", lambda x: t.apply(marker.mark(extract_features(victim.encoder, x))[0]))
+    cfg = CFG.model_copy(update={"methods": ("output_watermark",), "owm_decoys": 300})
+    rep = verify(victim, marked, cfg, owm=(cal, secret))
+    hit = rep.row("output_watermark")
+    assert hit is not None and hit.verdict == "stolen" and hit.p_value < 1e-4 and rep.overall == "stolen"
+    assert hit.detail["n_images"] == CFG.align_n and rep.queries["sent"] == CFG.align_n
+    for name in ("victim", "stolen", "independent"):  # none of them ever saw the mark
+        row = verify(victim, LocalSuspect(zoo[name]), cfg, owm=(cal, secret)).row("output_watermark")
+        assert row is not None and row.verdict == "independent" and row.p_value > CFG.alpha, (name, row)
+    wrong = verify(victim, marked, cfg, owm=(cal, b"another-secret-0123456789")).row("output_watermark")
+    assert wrong is not None and wrong.p_value > CFG.alpha  # another secret's key finds nothing
+
+
 def test_query_count_and_cache(zoo):
     s = LocalSuspect(zoo["paths"]["independent"])
     rep = verify(zoo["victim"], s, CFG)
@@ -279,8 +304,10 @@ def test_cli_verify_local_writes_reports(zoo, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "overall: INDEPENDENT" in r.stdout and "dataset_inference" in r.stdout
     rep = json.loads((out / "verify.json").read_text())
-    assert {row["method"] for row in rep["rows"]} == {"similarity", "watermark", "watermark_aligned", "dataset_inference",
-                                                   "dataset_inference_aligned"}
+    assert {row["method"] for row in rep["rows"]} == {"similarity", "output_watermark", "watermark", "watermark_aligned",
+                                                   "dataset_inference", "dataset_inference_aligned"}
+    owm = next(row for row in rep["rows"] if row["method"] == "output_watermark")
+    assert owm["verdict"] == "n/a" and "--owm-key" in owm["detail"]["reason"]  # no key given: not part of the verdict
     di = next(row for row in rep["rows"] if row["method"] == "dataset_inference")
     cal = di["detail"]["calibration_on_victim"]  # components and side picked on the victim alone
     assert cal["components"] in (1, 3, 10) and set(cal["t_by_components"]) == {"1", "3", "10"}

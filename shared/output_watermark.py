@@ -1,0 +1,301 @@
+"""Output watermark of an embeddings API: EmbMarker / WARDEN adapted to image encoders.
+
+Images carry no trigger words, so the trigger is a keyed region of the victim's own representation
+space, which every thief's natural queries visit and which a stolen network can learn (it is a
+function of the representation it copies). All math here works in the *standardised space*
+``z = normalize((y - center) / scale)`` of a representation ``y`` (``center``/``scale``: the
+victim's per-dimension mean and standard deviation on calibration images).
+
+A key holds K pairs (WARDEN's several directions) of keyed unit vectors: a region normal ``u_k``
+and a target ``t_k``. For ``p_k = <z, u_k>`` the mark's weight is
+
+    w_k = strength * clip((p_k - lo_k) / (hi_k - lo_k), 0, 1)
+
+with ``lo_k`` the (1 - rate) and ``hi_k`` the (1 - rate / 2) quantile of ``p_k`` on calibration
+images: about ``rate`` of natural inputs per direction are marked, half of them fully. The answer
+becomes ``m = (1 - sum_k w_k) z + sum_k w_k t_k``, rescaled to the standardised norm of ``y`` and
+mapped back to the raw space. The mark depends only on the image (not the account), so every
+account and every sybil sees the same mark.
+
+Verification (:func:`watermark_scores`): on images nobody chose by the key, a suspect's answers
+are mapped into the victim's space by a least-squares map fitted on the images outside the key's
+regions (a map fitted on marked answers would learn to cancel the mark) and compared with the
+victim's clean answers; per pair, the shift toward ``t_k`` of the region's images minus that of
+the images outside, averaged over the K pairs, is the statistic. Decoy keys drawn from the same generator are scored on the same answers:
+for a suspect that never saw the mark the true key is one more draw from the decoys' distribution
+(exchangeable), so the decoys give the null without any model of the suspect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared.transforms import keyed_rng
+
+FORMAT: Literal["encoder-heist-owm/1"] = "encoder-heist-owm/1"
+PURPOSE = "output-watermark"
+TRUE_LABEL = "key"
+
+
+class WatermarkCalibration(BaseModel):
+    """The calibration file of a watermark key (no secret in it: the vectors come from the server secret)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    format: Literal["encoder-heist-owm/1"] = FORMAT
+    dim: int = Field(ge=2)
+    directions: int = Field(ge=1, le=64, description="K region / target pairs")
+    rate: float = Field(gt=0, le=0.25, description="share of natural inputs each direction marks")
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    basis: tuple[tuple[float, ...], ...] = Field(description=(
+        "the top principal directions of the standardised clean answers (rows, unit); targets are drawn inside them"))
+    basis_sd: tuple[float, ...] = Field(description="the standard deviation along each basis direction")
+    fingerprint: str = Field(description="HMAC of the server secret: a key used with another secret is refused")
+    calibrated_on: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> WatermarkCalibration:
+        if len(self.center) != self.dim or len(self.scale) != self.dim:
+            raise ValueError(f"center and scale need {self.dim} values")
+        if len(self.lo) != self.directions or len(self.hi) != self.directions:
+            raise ValueError(f"lo and hi need {self.directions} values")
+        if min(self.scale) <= 0:
+            raise ValueError("scale must be positive")
+        if any(h <= lo for lo, h in zip(self.lo, self.hi, strict=True)):
+            raise ValueError("every hi must exceed its lo")
+        if not self.basis or any(len(b) != self.dim for b in self.basis) or len(self.basis_sd) != len(self.basis):
+            raise ValueError(f"basis needs rows of {self.dim} values and one basis_sd per row")
+        return self
+
+    def target_basis(self) -> np.ndarray:
+        """(r, D): the basis rows scaled by their standard deviations (a target is a unit vector in their span)."""
+        return (np.asarray(self.basis_sd, np.float32)[:, None] * np.asarray(self.basis, np.float32)).astype(np.float32)
+
+
+def load_calibration(path: Path) -> WatermarkCalibration:
+    if not path.is_file():
+        raise ValueError(f"watermark key {path} not found (make it with heist-server watermark-key)")
+    try:
+        return WatermarkCalibration.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as e:
+        raise ValueError(f"watermark key {path} is not a valid calibration file: {e}") from None
+
+
+@dataclass(frozen=True)
+class Keys:
+    """M keys of K pairs: region normals and targets, unit vectors, (M, K, D) each."""
+
+    regions: np.ndarray
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.regions.shape[0])
+
+
+def fingerprint(secret: bytes) -> str:
+    return hmac.new(secret, b"output-watermark-fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def draw_keys(secret: bytes, dim: int, directions: int, labels: list[str], target_basis: np.ndarray | None = None) -> Keys:
+    """One key per label (the true key is ``TRUE_LABEL``; decoys are any other labels), from the secret.
+
+    Region normals are isotropic; targets are Gaussian combinations of ``target_basis`` rows (the
+    victim's principal directions scaled by their spread, :meth:`WatermarkCalibration.target_basis`),
+    so that a mark moves answers the way natural answers vary: a map fitted on unmarked answers
+    (an obfuscation's inverse, the defender's alignment) carries it along instead of projecting it
+    away. Without a basis the targets are isotropic."""
+    regions = np.empty((len(labels), directions, dim), np.float32)
+    targets = np.empty_like(regions)
+    for i, label in enumerate(labels):
+        rng = keyed_rng(secret, PURPOSE, label, str(dim), str(directions))
+        regions[i] = _unit(rng.standard_normal((directions, dim)))
+        if target_basis is None:
+            targets[i] = _unit(rng.standard_normal((directions, dim)))
+        else:
+            targets[i] = _unit(rng.standard_normal((directions, len(target_basis))).astype(np.float32) @ target_basis)
+    return Keys(regions, targets)
+
+
+def decoy_labels(n: int) -> list[str]:
+    return [f"decoy-{i}" for i in range(n)]
+
+
+def standardise(y: np.ndarray, center: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit rows of (y - center) / scale and their norms."""
+    s = (np.asarray(y, np.float32) - center) / scale
+    norms = np.linalg.norm(s, axis=1, keepdims=True)
+    return (s / np.maximum(norms, 1e-12)).astype(np.float32), norms.astype(np.float32)
+
+
+def ramp_bounds(proj: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the (1 - rate) and (1 - rate / 2) quantiles (hi nudged above lo)."""
+    lo = np.quantile(proj, 1 - rate, axis=0).astype(np.float32)
+    hi = np.quantile(proj, 1 - rate / 2, axis=0).astype(np.float32)
+    return lo, np.maximum(hi, lo + 1e-6)
+
+
+def ramp(proj: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return np.clip((proj - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def calibrate(reps: np.ndarray, secret: bytes, directions: int = 8, rate: float = 0.05, rank: int = 32,
+              calibrated_on: dict | None = None) -> WatermarkCalibration:
+    """The calibration of the secret's key on the victim's clean representations of natural images
+    (targets inside the top ``rank`` principal directions of the standardised answers)."""
+    reps = np.asarray(reps, np.float32)
+    if reps.ndim != 2 or len(reps) < 100:
+        raise ValueError(f"calibration needs at least 100 representations (N, D), got shape {reps.shape}")
+    center = reps.mean(0)
+    scale = reps.std(0) + 1e-6 * float(reps.std()) + 1e-12
+    z, _ = standardise(reps, center, scale)
+    _, sv, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+    r = min(rank, len(sv))
+    basis, basis_sd = vt[:r], sv[:r] / np.sqrt(len(z))
+    key = draw_keys(secret, reps.shape[1], directions, [TRUE_LABEL], (basis_sd[:, None] * basis).astype(np.float32))
+    lo, hi = ramp_bounds(z @ key.regions[0].T, rate)
+    return WatermarkCalibration(dim=reps.shape[1], directions=directions, rate=rate, center=tuple(map(float, center)),
+                                scale=tuple(map(float, scale)), lo=tuple(map(float, lo)), hi=tuple(map(float, hi)),
+                                basis=tuple(tuple(map(float, b)) for b in basis), basis_sd=tuple(map(float, basis_sd)),
+                                fingerprint=fingerprint(secret), calibrated_on=calibrated_on or {"n": len(reps)})
+
+
+@dataclass
+class Marker:
+    """The server side: marks answers with the true key at a strength (pure function of the representation)."""
+
+    cal: WatermarkCalibration
+    secret: bytes
+    strength: float = 0.25
+
+    def __post_init__(self) -> None:
+        if fingerprint(self.secret) != self.cal.fingerprint:
+            raise ValueError("the watermark key was calibrated with another server secret (HEIST_SERVER_SECRET); "
+                             "recalibrate it with this secret")
+        if not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        key = draw_keys(self.secret, self.cal.dim, self.cal.directions, [TRUE_LABEL], self.cal.target_basis())
+        self.regions, self.targets = key.regions[0], key.targets[0]
+        self.center = np.asarray(self.cal.center, np.float32)
+        self.scale = np.asarray(self.cal.scale, np.float32)
+        self.lo = np.asarray(self.cal.lo, np.float32)
+        self.hi = np.asarray(self.cal.hi, np.float32)
+
+    def weights(self, y: np.ndarray) -> np.ndarray:
+        """(N, K) mark weights (each row sums to at most 1)."""
+        z, _ = standardise(y, self.center, self.scale)
+        w = self.strength * ramp(z @ self.regions.T, self.lo, self.hi)
+        total = w.sum(1, keepdims=True)
+        return (w / np.maximum(total, 1.0)).astype(np.float32)
+
+    def mark(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The marked representations and the weights; unmarked rows come back unchanged (bit for bit)."""
+        y = np.asarray(y, np.float32)
+        if y.ndim != 2 or y.shape[1] != self.cal.dim:
+            raise ValueError(f"the watermark key is for {self.cal.dim}-d representations, got shape {y.shape}")
+        w = self.weights(y)
+        rows = np.flatnonzero(w.sum(1) > 0)
+        out = y.copy()
+        if len(rows):
+            z, norms = standardise(y[rows], self.center, self.scale)
+            wr = w[rows]
+            m = (1 - wr.sum(1, keepdims=True)) * z + wr @ self.targets
+            m = m / np.linalg.norm(m, axis=1, keepdims=True)
+            out[rows] = self.center + self.scale * (m * norms)
+        return out.astype(np.float32), w
+
+
+@dataclass(frozen=True)
+class WatermarkScores:
+    """The true key's statistic against the decoys'."""
+
+    statistic: float            # the true key's mean shift toward its targets (region minus rest)
+    per_direction: list[float]  # the same per pair
+    decoy_mean: float
+    decoy_sd: float
+    z: float                    # (statistic - decoy mean) / decoy sd
+    p_value: float              # normal tail of z (its level is checked on independents: bench.owm_null)
+    p_rank: float               # (1 + decoys at or above the statistic) / (1 + decoys): exact, floor 1 / (1 + decoys)
+    n_decoys: int
+    n_images: int
+    marked_share: float         # images inside some region of the true key (weight > 0)
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def key_statistics(suspect: np.ndarray, clean: np.ndarray, center: np.ndarray, scale: np.ndarray, keys: Keys, rate: float,
+                   ridge: float = 1e-3) -> np.ndarray:
+    """(M, K) per-pair statistics of a suspect's raw answers (any dimension) against the victim's clean ones.
+
+    Per key: the suspect's answers are mapped into the victim's space by ridge least squares (with a bias)
+    fitted on the images *outside* the key's regions only (the regions' bounds taken on these images),
+    so the map never sees a marked answer and cannot learn to cancel the mark. Per pair: the weighted
+    mean of ``<z(mapped) - z(clean), t_k>`` over the region's images, all of them out of sample."""
+    x = np.concatenate([np.asarray(suspect, np.float64), np.ones((len(suspect), 1))], axis=1)
+    x = (x / np.concatenate([x[:, :-1].std(0) + 1e-12, [1.0]])).astype(np.float32)  # comparable scales for one ridge
+    y = np.asarray(clean, np.float32)
+    zc, _ = standardise(y, center, scale)
+    gram_all, cross_all = x.T @ x, x.T @ y
+    m, k, d = keys.regions.shape
+    eye = np.eye(x.shape[1], dtype=np.float32)
+    eye[-1, -1] = 0.0  # the bias is not shrunk
+    out = np.empty((m, k), np.float64)
+    for i in range(m):
+        proj = zc @ keys.regions[i].T
+        w = ramp(proj, *ramp_bounds(proj, rate))  # (N, K)
+        rows = np.flatnonzero(w.sum(1) > 0)
+        xr = x[rows]
+        gram = gram_all - xr.T @ xr
+        lam = ridge * float(np.trace(gram[:-1, :-1])) / (len(gram) - 1)
+        weight = np.linalg.solve(gram + lam * eye, cross_all - xr.T @ y[rows])
+        diff = standardise(xr @ weight, center, scale)[0] - zc[rows]
+        wr = w[rows]
+        out[i] = ((diff @ keys.targets[i].T) * wr).sum(0) / np.maximum(wr.sum(0), 1e-9)
+    return out
+
+
+def watermark_scores(suspect: np.ndarray, clean: np.ndarray, secret: bytes, cal: WatermarkCalibration,
+                     decoys: int = 1000, ridge: float = 1e-3) -> WatermarkScores:
+    """The true key's statistic on a suspect's raw answers and the victim's clean answers to the same
+    images, against ``decoys`` decoy keys scored the same way on the same answers."""
+    from scipy import stats
+
+    suspect, clean = np.asarray(suspect, np.float32), np.asarray(clean, np.float32)
+    if suspect.ndim != 2 or clean.ndim != 2 or len(suspect) != len(clean) or clean.shape[1] != cal.dim:
+        raise ValueError(f"need suspect answers and the victim's clean {cal.dim}-d answers to the same images, got "
+                         f"{suspect.shape} and {clean.shape}")
+    n = len(clean)
+    if n * cal.rate < 10:
+        raise ValueError(f"{n} images give each region about {n * cal.rate:.0f} members; use at least {int(np.ceil(10 / cal.rate))}")
+    if n < 2 * suspect.shape[1]:
+        raise ValueError(f"{n} images cannot map {suspect.shape[1]}-d answers; use at least {2 * suspect.shape[1]}")
+    if decoys < 100:
+        raise ValueError("at least 100 decoy keys are needed for the null")
+    center, scale = np.asarray(cal.center, np.float32), np.asarray(cal.scale, np.float32)
+    basis = cal.target_basis()
+    true = draw_keys(secret, cal.dim, cal.directions, [TRUE_LABEL], basis)
+    per = key_statistics(suspect, clean, center, scale, true, cal.rate, ridge)[0]
+    null = key_statistics(suspect, clean, center, scale, draw_keys(secret, cal.dim, cal.directions, decoy_labels(decoys), basis),
+                          cal.rate, ridge).mean(1)
+    stat = float(per.mean())
+    mu, sd = float(null.mean()), float(null.std(ddof=1))
+    z = (stat - mu) / sd if sd > 0 else 0.0
+    proj = standardise(clean, center, scale)[0] @ true.regions[0].T
+    marked = float((ramp(proj, *ramp_bounds(proj, cal.rate)).sum(1) > 0).mean())
+    return WatermarkScores(statistic=stat, per_direction=[round(float(x), 6) for x in per], decoy_mean=mu, decoy_sd=sd,
+                           z=float(z), p_value=float(stats.norm.sf(z)), p_rank=float((1 + (null >= stat).sum()) / (1 + decoys)),
+                           n_decoys=decoys, n_images=n, marked_share=marked)

@@ -1,0 +1,113 @@
+"""The output watermark's math (shared/output_watermark.py): calibration, marking, and the decoy-null
+test behind alignment, on a synthetic representation cloud."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shared import output_watermark as ow
+
+SECRET = b"owm-test-secret-0123456789"
+D = 48
+
+
+def cloud(n: int, seed: int) -> np.ndarray:
+    """Anisotropic, non-negative, shifted representations (like post-ReLU features)."""
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((D, D)).astype(np.float32) * np.linspace(2, 0.2, D, dtype=np.float32)
+    return np.abs(rng.standard_normal((n, D)).astype(np.float32) @ mix + 3).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def cal() -> ow.WatermarkCalibration:
+    return ow.calibrate(cloud(4000, 0), SECRET, directions=4, rate=0.05)
+
+
+def scores(suspect: np.ndarray, clean: np.ndarray, cal, secret: bytes = SECRET, decoys: int = 300) -> ow.WatermarkScores:
+    return ow.watermark_scores(suspect, clean, secret, cal, decoys)
+
+
+def test_marking_touches_about_k_times_rate_and_leaves_the_rest_bit_for_bit(cal):
+    y = cloud(3000, 1)
+    marked, w = ow.Marker(cal, SECRET, 0.3).mark(y)
+    hit = w.sum(1) > 0
+    assert 0.12 < hit.mean() < 0.24  # 4 directions x 5%, a few overlaps
+    assert np.array_equal(marked[~hit], y[~hit])
+    assert (w.sum(1) <= 1 + 1e-6).all() and w.max() <= 0.3 + 1e-6
+    c, s = np.asarray(cal.center), np.asarray(cal.scale)
+    n0 = np.linalg.norm((y[hit] - c) / s, axis=1)
+    n1 = np.linalg.norm((marked[hit] - c) / s, axis=1)
+    np.testing.assert_allclose(n1, n0, rtol=1e-4)  # the standardised norm is kept
+    again, _ = ow.Marker(cal, SECRET, 0.3).mark(y)
+    assert np.array_equal(again, marked)  # deterministic: averaging repeated asks gains nothing
+    z_before = ow.standardise(y[hit], c, s)[0]
+    z_after = ow.standardise(marked[hit], c, s)[0]
+    key = ow.draw_keys(SECRET, D, 4, [ow.TRUE_LABEL], cal.target_basis())
+    k = w[hit].argmax(1)
+    pulled = ((z_after - z_before) * key.targets[0][k]).sum(1)
+    assert (pulled > 0).mean() > 0.95  # marked answers move toward their direction's target
+
+
+def test_a_key_made_with_another_secret_or_dimension_is_refused(cal):
+    with pytest.raises(ValueError, match="another server secret"):
+        ow.Marker(cal, b"another-secret-0123456789", 0.2)
+    with pytest.raises(ValueError, match="strength"):
+        ow.Marker(cal, SECRET, 0.0)
+    with pytest.raises(ValueError, match=f"{D}-d"):
+        ow.Marker(cal, SECRET).mark(np.zeros((3, D + 1), np.float32))
+    with pytest.raises(ValueError, match="at least 100"):
+        ow.calibrate(cloud(50, 2), SECRET)
+
+
+def test_calibration_file_round_trips_and_bad_files_are_refused(cal, tmp_path):
+    p = tmp_path / "key.json"
+    p.write_text(cal.model_dump_json())
+    assert ow.load_calibration(p) == cal
+    assert "SECRET" not in p.read_text() and SECRET.decode() not in p.read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"dim": 3}')
+    with pytest.raises(ValueError, match="not a valid calibration file"):
+        ow.load_calibration(bad)
+    with pytest.raises(ValueError, match="not found"):
+        ow.load_calibration(tmp_path / "missing.json")
+
+
+def test_marked_answers_behind_an_affine_map_are_found_and_clean_ones_are_not(cal):
+    clean = cloud(1000, 3)
+    marked, _ = ow.Marker(cal, SECRET, 0.25).mark(clean)
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((D, D + 8)).astype(np.float32)
+    hit = scores(marked @ a + 1.0, clean, cal)
+    assert hit.p_value < 1e-6 and hit.p_rank == pytest.approx(1 / 301)
+    miss = scores(clean @ a + 1.0, clean, cal)
+    assert miss.p_value > 0.01
+    # half-learnt marks (a copy that learnt a quarter of the shift, plus noise) are still found
+    partial = clean + 0.25 * (marked - clean) + 0.3 * clean.std(0) * rng.standard_normal(clean.shape).astype(np.float32)
+    assert scores(partial, clean, cal).p_value < 1e-6
+
+
+def test_the_decoy_null_holds_its_level_on_unrelated_suspects(cal):
+    """Suspects that never saw the mark (non-linear functions of the clean answers plus noise), each
+    under its own secret: the rejections at 5% stay near 5%."""
+    clean = cloud(800, 5)
+    ps = []
+    for i in range(40):
+        rng = np.random.default_rng(100 + i)
+        s = np.tanh(clean @ rng.standard_normal((D, 32)).astype(np.float32) * 0.1) + 0.1 * rng.standard_normal((800, 32))
+        ps.append(scores(s.astype(np.float32), clean, cal, secret=f"null-{i}".encode(), decoys=100).p_value)
+    ps = np.asarray(ps)
+    assert (ps < 0.05).mean() <= 0.12 and (ps < 0.5).mean() > 0.3  # level held, and not a test that never rejects
+
+
+def test_scores_refuse_too_few_images_or_decoys(cal):
+    z = np.zeros((100, D), np.float32)
+    with pytest.raises(ValueError, match="at least 200"):
+        ow.watermark_scores(z, z, SECRET, cal)
+    z = np.ones((400, D), np.float32)
+    with pytest.raises(ValueError, match="100 decoy"):
+        ow.watermark_scores(z, z, SECRET, cal, decoys=10)
+    with pytest.raises(ValueError, match="same images"):
+        ow.watermark_scores(z[:300], z, SECRET, cal)
+    with pytest.raises(ValueError, match="cannot map 300-d"):
+        ow.watermark_scores(np.ones((400, 300), np.float32), z, SECRET, cal)
