@@ -9,13 +9,16 @@
    (``heist-server train --preset P``);
 2. data: the victim's benchmark (its checkpoint's data spec: the procedural heist-shapes by default,
    ``--dataset mnist5k`` for real MNIST digits; cached under data/);
-3. legitimate profile of that victim (``python -m testbed.profile``; cached in the victim folder);
+3. legitimate profile of that victim (``python -m testbed.profile``; cached in the victim folder), and
+   the output watermark's key for this run's server secret (``heist-server watermark-key``);
 4. the victim API (``heist-server serve``) on loopback: embedded store, or Redis when ``REDIS_URL`` is set;
-   one tier per policy: ``none`` (baseline) and the chosen one;
+   one tier per policy: ``none`` (baseline) and the chosen one, which also carries the output
+   watermark (``--watermark STRENGTH``; 0 leaves it out);
 5. a legitimate customer on each tier runs its narrow task (3 classes, linear probe);
 6. a thief on each tier runs ``heist-attack steal`` (PoW, Retry-After, resumable cache);
 7. each stolen copy is hosted as a suspect API (``heist-server serve --obfuscate permute``) and the
-   owner runs ``heist-defend verify`` against that endpoint (watermark, aligned watermark, DI, similarity);
+   owner runs ``heist-defend verify`` against that endpoint (output watermark, rotation watermark raw
+   and aligned, DI, similarity);
 8. one summary, undefended next to the policy: victim quality, the customer's quality, the stolen
    copy's quality, what the thief paid, the ownership verdicts with p-values
    (``OUT/<time>/summary.json`` and ``summary.md``).
@@ -29,6 +32,7 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import sys
 import time
@@ -105,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=20, help="thief's training epochs")
     p.add_argument("--obfuscate", default="permute", choices=["none", "permute", "affine", "pad_shuffle"],
                    help="how the thief hides the stolen copy's outputs when serving it")
+    p.add_argument("--watermark", type=float, default=0.2, metavar="STRENGTH",
+                   help="output watermark on the chosen policy's tier (defence output_watermark, first in the chain); "
+                        "0: none")
     p.add_argument("--verify-n", type=int, default=1000, help="defender's sample sizes (watermark images, DI parts, alignment), "
                    "each at most what the victim's splits hold (mnist5k: 500 public images for the alignment)")
     p.add_argument("--probe-train-size", type=int, default=5000, help="probe training images for the stolen copy")
@@ -148,11 +155,22 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"reusing {profile}")
     policies = ["none"] if a.policy == "none" else ["none", a.policy]
     tiers = policy_tiers(policies, profile, representation_scale(a.victim))
-    summary: dict = {"policy": a.policy, "dataset": spec.dataset, "main_task": spec.main_task, "store": "redis" if redis_url else "embedded", "victim": str(a.victim),
+    secret = secrets.token_urlsafe(24)  # this run's server secret: the watermark key is drawn from it
+    owm_key = out / "owm_key.json"
+    if a.watermark > 0 and a.policy != "none":
+        from server.defences.output_watermark import calibrate_checkpoint
+
+        owm_key.write_text(calibrate_checkpoint(a.victim, secret.encode(), split="test",
+                                                n=min(2000, spec.splits["test"].size)).model_dump_json())
+        tier = tiers[f"policy-{a.policy}"]
+        tier["defences"] = [{"name": "output_watermark", "params": {"key": str(owm_key), "strength": a.watermark}},
+                            *tier["defences"]]
+        console.print(f"output watermark (strength {a.watermark}) on tier policy-{a.policy}, key {owm_key}")
+    summary: dict = {"policy": a.policy, "watermark": a.watermark if owm_key.exists() else 0, "dataset": spec.dataset, "main_task": spec.main_task, "store": "redis" if redis_url else "embedded", "victim": str(a.victim),
                      "victim_quality": {k: v for k, v in victim_metrics.items() if k.startswith(("probe_", "watermark"))}}
 
     step(4, total, f"victim API ({summary['store']} store), tiers {', '.join(tiers)}")
-    with serve(a.victim, {"tiers": tiers, "max_images_per_request": 64}, redis_url=redis_url,
+    with serve(a.victim, {"tiers": tiers, "max_images_per_request": 64}, redis_url=redis_url, secret=secret,
                log_path=out / "victim-api.log") as victim_api:
         console.print(f"victim API at {victim_api.url}")
         step(5, total, f"legitimate customers (3 {spec.main_task} classes, linear probe on bought embeddings)")
@@ -192,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             run(["defender.cli", "verify", "--victim", str(a.victim), "--suspect", suspect_api.url, "--out", str(verify_dir),
                  "--quiet", "--wm-n", str(n_private), "--align-n", str(min(a.verify_n, spec.splits["public"].size)),
                  "--di-fit", str(n_private), "--di-private", str(n_private),
-                 "--di-public", str(min(a.verify_n, spec.splits["test"].size))], env={"HEIST_API_KEY": owner_key})
+                 "--di-public", str(min(a.verify_n, spec.splits["test"].size)),
+                 *(["--owm-key", str(owm_key)] if owm_key.exists() else [])],
+                env={"HEIST_API_KEY": owner_key, "HEIST_SERVER_SECRET": secret})
         ver = json.loads((verify_dir / "verify.json").read_text())
         thieves[pol]["verdicts"] = [{k: r.get(k) for k in ("method", "statistic", "value", "p_value", "verdict")}
                                     for r in ver["rows"]]

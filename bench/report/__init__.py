@@ -19,14 +19,14 @@ import sys
 
 from bench.report.attack import stealing, tradeoff
 from bench.report.common import PAGE, REPO, results_dir
-from bench.report.defender import di_null, earlier, zoo
+from bench.report.defender import di_null, earlier, owm, zoo
 from bench.report.index import index
 from bench.report.reproduction import reproduction
 from bench.report.serving import api, cpus, defences, intro, reliability, training
 
 
 def page() -> str:
-    sections = [intro(), training(), cpus(), api(), stealing(), tradeoff(), zoo(), di_null(), earlier(), reproduction(),
+    sections = [intro(), training(), cpus(), api(), stealing(), tradeoff(), zoo(), di_null(), owm(), earlier(), reproduction(),
                 defences(), reliability()]
     body = "\n\n".join(s for s in sections if s)
     return body.replace(ZOO_COMMANDS_PLACEHOLDER, ZOO_COMMANDS) + "\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bench.report.attack import LOSSES
-from bench.report.common import load, md_table, pct, pv, src
+from bench.report.common import load, md_table, pct, pv, results_dir, src
 
 
 def _label(name: str) -> str:
@@ -204,3 +204,113 @@ each public sample):
 {md_table(["file", "public split", "pools", "encoders that never saw the private set", "pool tests below 0.05"], nulls)}"""
 
 
+
+
+def _owm_label(r: dict) -> str:
+    m = re.fullmatch(r"(stolen|unmarked)-(\w+)-(\d+)(?:-(cse|spa))?", r["name"])
+    if m:
+        what = "copy of the marked API" if m[1] == "stolen" else "copy of the unmarked tier"
+        attack = f", {m[4].upper()} removal" if m[4] else ""
+        return f"{what}: {LOSSES.get(m[2], m[2]).split(' (')[0]}, {int(m[3]):,} queries{attack}"
+    if r["truth"] == "victim":
+        return "the victim's own weights (unmarked)"
+    return f"independent, `{r['name'].removeprefix('independent-')}`"
+
+
+def _owm_strengths() -> tuple[list[list[str]], list[str]]:
+    """One row per output-watermark run (results/defender/owm*.json): its strength, how the copies stolen
+    with 4,000 or more queries fared, and what customers lost."""
+    rows, names = [], []
+    for path in sorted(results_dir().glob("defender/owm*.json")):
+        name = f"defender/{path.stem}"
+        d = load(name)
+        big = [r for r in d["rows"] if r["truth"] == "stolen" and r.get("removal") == "none"
+               and int(re.search(r"-(\d+)$", r["name"])[1]) >= 4000]
+        narrow = d["customers"]["narrow_drop_points"]
+        main = d["customers"]["main_task_drop_points"]
+        task = next(iter(main))
+        rows.append([f"{d['key']['strength']:g}", str(d["key"]["directions"]), f"{d['key']['rate']:g}",
+                     f"{sum(r['p'] < 1e-6 for r in big)} of {len(big)}", f"{min(r['z'] for r in big):.1f}" if big else "-",
+                     f"{max(r['p'] for r in big):.1e}" if big else "-",
+                     f"{sum(narrow) / len(narrow):+.2f} ({len(narrow)} customers)", f"{main[task]:+.2f}", f"`results/{name}.json`"])
+        names.append(name)
+    return rows, names
+
+
+def owm() -> str:
+    """The output watermark: copies, independents, removal attacks, the customers' cost, the null's level."""
+    try:
+        d = load("defender/owm")
+    except FileNotFoundError:
+        return ""
+    key, s, null, cust = d["key"], d["summary"], d["null"], d["customers"]
+    alpha = d["verify_config"]["alpha"]
+    by: dict[str, list[dict]] = {}
+    for r in d["rows"]:
+        by.setdefault(r["name"], []).append(r)
+    rows = []
+    for name, rs in by.items():
+        plain = next(r for r in rs if not r["obfuscation"])
+        obf = [r for r in rs if r["obfuscation"]]
+        probe = d["thief_probes"].get(name)
+        rows.append([_owm_label(plain), f"{plain['z']:.1f}", pv(plain["p"]),
+                     pv(max(r["p"] for r in obf)) if obf else "-",
+                     f"{sum(r['p'] < alpha for r in rs)} of {len(rs)}", pct(probe) if probe is not None else ""])
+    removal = [[LOSSES.get(r["loss"], r["loss"]).split(" (")[0], r["attack"], f"{r['z_plain']:.1f}", pv(r["p_plain"]),
+                pv(r["p_worst_obfuscated"]), pct(r["thief_probe"]) if r["thief_probe"] is not None else "",
+                "-" if r["attack"] == "none" else f"{r['probe_cost_points']:+.1f}", f"{r['removal_queries']:,}"]
+               for r in d["removal"]]
+    sweep = [[f"{r['strength']:g}", r["attack"], pct(r["mark_left"], 0), pct(r["marked_dropped"], 0),
+              pct(r["unmarked_dropped"], 0), f"{r['unmarked_change']:.2f}"] for r in d.get("removal_sweep", [])]
+    narrow = cust["narrow_drop_points"]
+    main = cust["main_task_drop_points"]
+    return f"""## Ownership: the output watermark
+
+The `output_watermark` defence (`server/defences/output_watermark.py`, math in `shared/output_watermark.py`)
+pulls answers for images in {key["directions"]} keyed regions of the victim's representation space (each
+about {pct(key["rate"], 0)} of natural images) toward keyed target directions, at strength {key["strength"]}; the key comes from the
+server secret and a calibration file (`heist-server watermark-key`). `heist-defend verify --owm-key FILE`
+reads it on the suspect's answers to {d["verify_config"]["align_n"]:,} public queries, mapped into the victim's space
+(cross-fitted alignment), against {d["verify_config"]["owm_decoys"]:,} decoy keys drawn like the true one: the decoys'
+spread is the null. Copies were stolen over HTTP from a tier with the watermark, controls from a tier
+without it; each suspect is verified plain and behind permute, affine and pad-shuffle obfuscation:
+
+```
+{d["command"]}
+```
+
+{md_table(["suspect", "z (plain)", "p (plain)", "largest p, obfuscated", "flagged at p < " + str(alpha), "thief's probe"], rows)}
+
+- Copies stolen with 4,000 or more queries flagged at p < 1e-6, plain and obfuscated: {s["stolen_plain_ge4000_flagged_1e-6"]}.
+- Independent encoders ({s["independent_encoders"]}, all obfuscations counted) flagged at p < 0.01: {s["independents_flagged_0.01"]};
+  copies of the unmarked tier: {s["unmarked_copies_flagged_0.01"]}. At most {s["max_queries_per_suspect"]:,} queries per suspect.
+- The null on unseen data: {null["tests"]:,} tests (each independent and unmarked copy on {null["pools"]} disjoint pools of
+  1,000 public/test images nobody chose, under {null["secrets"]} server secrets) reject at
+  {", ".join(f"{pct(v)} at {k}" for k, v in null["rate"].items())} (KS test against uniform: p = {pv(null["ks_uniform_p"])}).
+- The customers' cost (both tiers of the same server, over HTTP): narrow 3-class customers lose
+  {", ".join(f"{x:+.2f}" for x in narrow)} points (mean {sum(narrow) / len(narrow):+.2f}); the main-task probe on API answers loses
+  {", ".join(f"{k.removeprefix('probe_')} {v:+.2f}" for k, v in main.items())} points.
+
+**Removal attacks** (`heist-attack steal --remove-watermark cse|spa`): CSE clusters the bought answers,
+selects pairs that are closer than the thief's own encoder says, and projects the selected answers'
+principal directions out; SPA buys perturbed copies of every query and drops answers that move unlike
+their neighbours. The thief's probe cost is against its plain copy of the same loss and budget:
+
+{md_table(["loss", "attack", "z (plain)", "p (plain)", "largest p, obfuscated", "thief's probe", "probe cost (points)",
+           "extra queries"], removal)}
+
+The same attacks on the marked answers to the thief's {d["removal_budget"]:,} queries at several strengths (local: the mark is the API's deterministic function of the victim's answer):
+the share of the planted shift toward the targets left on the marked answers, the shares of marked and
+unmarked answers SPA drops, and how far CSE moves the unmarked answers (median distance, relative to
+their distance from the mean answer; 1 means they are replaced wholesale):
+
+{md_table(["strength", "attack", "mark left", "marked dropped", "unmarked dropped", "unmarked change"], sweep)}
+
+**Strength.** Each run of `bench.owm` at its strength (`--strength S --work runs/owm-sS --out owm_sS`
+for the extra ones, same victim, directions and rate, a key of its own secret): the copies stolen with
+4,000 or more queries (plain and obfuscated rows) and the customers' mean cost:
+
+{md_table(["strength", "directions", "rate", "copies >= 4,000 queries at p < 1e-6", "smallest z", "largest p",
+           "narrow customers' drop (points)", "main-task drop (points)", "source"], _owm_strengths()[0])}
+
+Source: {src("defender/owm.json", "defender/owm.md", "defender/owm.png")}."""

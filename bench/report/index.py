@@ -61,6 +61,10 @@ INDEX: list[tuple[str, str, str]] = [
     ("defender/zoo_mnist5k_ref.json", "the same zoo with the watermarks' chance level measured on two unwatermarked "
      "reference encoders (--wm-reference)", "bench.zoo"),
     ("defender/zoo_*.md", "the zoo's table and confusion", "bench.zoo"),
+    ("defender/owm*.json", "output watermark (one file per strength): copies through the marked API, independents, "
+     "removal attacks, customers' cost and the null's level on unseen pools", "bench.owm"),
+    ("defender/owm*.md", "the output watermark's table", "bench.owm"),
+    ("defender/owm*.png", "the output watermark's p-values per suspect and the null's QQ plot", "bench.owm"),
     ("defender/zoo_*.png", "the zoo's p-values per suspect", "bench.zoo"),
     ("defender/di_null_di12.json", "dataset inference's null on unseen pools, with the margin", "bench.di_null"),
     ("defender/di_null_di12_aligned.json", "the same for aligned dataset inference", "bench.di_null"),

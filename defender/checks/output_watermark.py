@@ -31,7 +31,10 @@ class OutputWatermarkCheck(Check):
         assert victim is not None and suspect is not None  # PUBLIC is in needs: the context queried them
         if victim.shape[1] != cal.dim:
             raise ValueError(f"the watermark key is for {cal.dim}-d representations, the victim answers {victim.shape[1]}-d")
-        res = watermark_scores(suspect, victim, secret, cal, decoys=cfg.owm_decoys, ridge=cfg.align_ridge)
+        try:
+            res = watermark_scores(suspect, victim, secret, cal, decoys=cfg.owm_decoys, ridge=cfg.align_ridge)
+        except ValueError as e:  # too few public queries for the key's regions or the suspect's dimension
+            return [Verdict(self.name, "z", None, None, "n/a", {"reason": f"align_n={len(suspect)}: {e}"})]
         verdict = "stolen" if res.p_value < cfg.alpha else "independent"
         ctx.arrays[f"{self.name}_z"] = res.z
         return [Verdict(self.name, "z", finite(res.z), finite(res.p_value), verdict,

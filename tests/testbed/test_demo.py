@@ -37,10 +37,12 @@ def test_demo_end_to_end_on_a_tiny_victim(tiny_victim, tmp_path):
     for pol, t in s["thieves"].items():
         assert t["cost"]["queries"] == 300 and t["cost"]["answers_bought_this_run"] == 300, pol
         assert t["defence_state"]["images"] == 300 and t["defence_state"]["tier"] == f"policy-{pol}"
-        assert {"watermark_aligned", "dataset_inference", "similarity"} <= {v["method"] for v in t["verdicts"]}
+        assert {"output_watermark", "watermark_aligned", "dataset_inference", "similarity"} <= {v["method"] for v in t["verdicts"]}
         assert all(v["p_value"] is None or 0 <= v["p_value"] <= 1 for v in t["verdicts"])
         assert t["overall_verdict"] in ("stolen", "independent")
         assert (run / f"stolen-{pol}" / "config.json").is_file() and (run / f"verify-{pol}" / "verify.json").is_file()
+    assert s["watermark"] == 0.2 and (run / "owm_key.json").is_file()  # the b4b tier carries the output watermark
+    assert "HEIST_SERVER_SECRET" not in (run / "owm_key.json").read_text()
     assert s["thieves"]["b4b"]["defence_state"]["coverage"] > 0 and s["thieves"]["none"]["defence_state"]["coverage"] == 0
     md = (run / "summary.md").read_text()
     assert "| tier none | tier b4b |" in md and "overall verdict" in md
