@@ -17,11 +17,12 @@ becomes ``m = (1 - sum_k w_k) z + sum_k w_k t_k``, rescaled to the standardised 
 mapped back to the raw space. The mark depends only on the image (not the account), so every
 account and every sybil sees the same mark.
 
-Verification (:func:`watermark_scores`): on images nobody chose by the key, a suspect's answers
-are mapped into the victim's space by a least-squares map fitted on the images outside the key's
-regions (a map fitted on marked answers would learn to cancel the mark) and compared with the
-victim's clean answers; per pair, the shift toward ``t_k`` of the region's images minus that of
-the images outside, averaged over the K pairs, is the statistic. Decoy keys drawn from the same generator are scored on the same answers:
+Verification (:func:`watermark_scores`, :func:`key_statistics`): on images nobody chose by the
+key, a linear map from the victim's principal coordinates to the suspect's answers is fitted on the
+images outside the key's regions (a map fitted on marked answers would learn to cancel the mark);
+through it, each region image's coordinates are recovered from the suspect's answer and compared
+with the victim's clean coordinates along the target; the weighted mean shift, averaged over the K
+pairs, is the statistic. Decoy keys drawn from the same generator are scored on the same answers:
 for a suspect that never saw the mark the true key is one more draw from the decoys' distribution
 (exchangeable), so the decoys give the null without any model of the suspect.
 """
@@ -237,34 +238,47 @@ class WatermarkScores:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def key_statistics(suspect: np.ndarray, clean: np.ndarray, center: np.ndarray, scale: np.ndarray, keys: Keys, rate: float,
-                   ridge: float = 1e-3) -> np.ndarray:
+def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibration, keys: Keys, ridge: float = 1e-3) -> np.ndarray:
     """(M, K) per-pair statistics of a suspect's raw answers (any dimension) against the victim's clean ones.
 
-    Per key: the suspect's answers are mapped into the victim's space by ridge least squares (with a bias)
-    fitted on the images *outside* the key's regions only (the regions' bounds taken on these images),
-    so the map never sees a marked answer and cannot learn to cancel the mark. Per pair: the weighted
-    mean of ``<z(mapped) - z(clean), t_k>`` over the region's images, all of them out of sample."""
-    x = np.concatenate([np.asarray(suspect, np.float64), np.ones((len(suspect), 1))], axis=1)
-    x = (x / np.concatenate([x[:, :-1].std(0) + 1e-12, [1.0]])).astype(np.float32)  # comparable scales for one ridge
-    y = np.asarray(clean, np.float32)
-    zc, _ = standardise(y, center, scale)
-    gram_all, cross_all = x.T @ x, x.T @ y
-    m, k, d = keys.regions.shape
-    eye = np.eye(x.shape[1], dtype=np.float32)
+    The victim's answers are described by their coordinates ``c`` in the calibration's principal basis
+    (standardised space, before the rows are normalised, so that they are linear in the raw answers),
+    where every target lies. Per key, on the images *outside* its regions only
+    (the regions' bounds taken on these images), the suspect's answers are regressed on ``c`` (ridge,
+    with a bias): a linear obfuscation and a copy's own linear distortion are learnt, never the mark.
+    For each region image the coordinates that best explain the suspect's answer through that map are
+    recovered (least squares) and compared with the victim's clean coordinates along the pair's target;
+    the statistic is their weighted mean. Regressing the suspect on the victim (not the victim on the
+    suspect) keeps a copy's learnt shift at full size: the copy's own errors sit on the explained side."""
+    center, scale = np.asarray(cal.center, np.float32), np.asarray(cal.scale, np.float32)
+    basis = np.asarray(cal.basis, np.float64)  # (r, D), orthonormal rows
+    s = np.asarray(suspect, np.float64)
+    s = s / (s.std(0).mean() + 1e-12)  # a scale-free ridge and solve
+    zc, norms = standardise(clean, center, scale)
+    unnormalised = zc.astype(np.float64) * norms  # (y - center) / scale: linear in the raw answers
+    c = (unnormalised - unnormalised.mean(0)) @ basis.T  # (N, r)
+    cx = np.concatenate([c, np.ones((len(c), 1))], axis=1)
+    gram_all, cross_all = cx.T @ cx, cx.T @ s
+    r = len(basis)
+    eye = np.eye(r + 1)
     eye[-1, -1] = 0.0  # the bias is not shrunk
+    targets = keys.targets.astype(np.float64) @ basis.T  # (M, K, r): targets in basis coordinates
+    m, k, _ = keys.regions.shape
     out = np.empty((m, k), np.float64)
     for i in range(m):
         proj = zc @ keys.regions[i].T
-        w = ramp(proj, *ramp_bounds(proj, rate))  # (N, K)
+        w = ramp(proj, *ramp_bounds(proj, rate=cal.rate))  # (N, K)
         rows = np.flatnonzero(w.sum(1) > 0)
-        xr = x[rows]
+        xr = cx[rows]
         gram = gram_all - xr.T @ xr
-        lam = ridge * float(np.trace(gram[:-1, :-1])) / (len(gram) - 1)
-        weight = np.linalg.solve(gram + lam * eye, cross_all - xr.T @ y[rows])
-        diff = standardise(xr @ weight, center, scale)[0] - zc[rows]
+        lam = ridge * float(np.trace(gram[:-1, :-1])) / r
+        b = np.linalg.solve(gram + lam * eye, cross_all - xr.T @ s[rows])  # (r + 1, Ds): suspect ~ c @ b[:-1] + b[-1]
+        lin = b[:-1]
+        bb = lin @ lin.T
+        recovered = np.linalg.solve(bb + 1e-9 * np.trace(bb) / r * np.eye(r), lin @ (s[rows] - b[-1]).T).T  # (n_r, r)
         wr = w[rows]
-        out[i] = ((diff @ keys.targets[i].T) * wr).sum(0) / np.maximum(wr.sum(0), 1e-9)
+        shift = ((recovered - c[rows]) / norms[rows]) @ targets[i].T  # back to the unit (normalised) scale
+        out[i] = (shift * wr).sum(0) / np.maximum(wr.sum(0), 1e-9)
     return out
 
 
@@ -281,16 +295,16 @@ def watermark_scores(suspect: np.ndarray, clean: np.ndarray, secret: bytes, cal:
     n = len(clean)
     if n * cal.rate < 10:
         raise ValueError(f"{n} images give each region about {n * cal.rate:.0f} members; use at least {int(np.ceil(10 / cal.rate))}")
-    if n < 2 * suspect.shape[1]:
-        raise ValueError(f"{n} images cannot map {suspect.shape[1]}-d answers; use at least {2 * suspect.shape[1]}")
+    if n < 4 * len(cal.basis):
+        raise ValueError(f"{n} images cannot fit a map from {len(cal.basis)} basis coordinates; use at least {4 * len(cal.basis)}")
     if decoys < 100:
         raise ValueError("at least 100 decoy keys are needed for the null")
     center, scale = np.asarray(cal.center, np.float32), np.asarray(cal.scale, np.float32)
     basis = cal.target_basis()
     true = draw_keys(secret, cal.dim, cal.directions, [TRUE_LABEL], basis)
-    per = key_statistics(suspect, clean, center, scale, true, cal.rate, ridge)[0]
-    null = key_statistics(suspect, clean, center, scale, draw_keys(secret, cal.dim, cal.directions, decoy_labels(decoys), basis),
-                          cal.rate, ridge).mean(1)
+    per = key_statistics(suspect, clean, cal, true, ridge)[0]
+    null = key_statistics(suspect, clean, cal, draw_keys(secret, cal.dim, cal.directions, decoy_labels(decoys), basis),
+                          ridge).mean(1)
     stat = float(per.mean())
     mu, sd = float(null.mean()), float(null.std(ddof=1))
     z = (stat - mu) / sd if sd > 0 else 0.0

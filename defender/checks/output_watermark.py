@@ -1,11 +1,10 @@
 """Output watermark: the API's keyed-region mark (defence ``output_watermark``) read on the suspect's
-answers to the public queries, mapped into the victim's space (so permuted, padded or affine answers
-are read too), against decoy keys drawn from the same secret (:mod:`shared.output_watermark`).
+answers to the public queries, against decoy keys drawn from the same secret (:mod:`shared.output_watermark`).
 
-Every key (the true one and each decoy) maps the suspect's answers into the victim's space with its
-own ridge least-squares map toward the victim's *clean* answers, fitted on the images outside that
-key's regions: the map never sees an answer the key would mark, so it cannot learn to cancel the
-mark, and every key is treated alike. For a suspect that never learnt the mark the true key is
+Every key (the true one and each decoy) fits its own linear map from the victim's principal
+coordinates to the suspect's answers on the images outside that key's regions, so the map never
+sees an answer the key would mark and learns obfuscations (permuted, padded, affine answers) but not
+the mark; every key is treated alike. For a suspect that never learnt the mark the true key is
 exchangeable with the decoys, and the decoys' spread is the null. No extra queries: the public
 queries are the ones alignment and similarity already make.
 """

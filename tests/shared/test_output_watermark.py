@@ -109,5 +109,5 @@ def test_scores_refuse_too_few_images_or_decoys(cal):
         ow.watermark_scores(z, z, SECRET, cal, decoys=10)
     with pytest.raises(ValueError, match="same images"):
         ow.watermark_scores(z[:300], z, SECRET, cal)
-    with pytest.raises(ValueError, match="cannot map 300-d"):
-        ow.watermark_scores(np.ones((400, 300), np.float32), z, SECRET, cal)
+    with pytest.raises(ValueError, match="cannot fit a map"):
+        ow.watermark_scores(z[:150], z[:150], SECRET, ow.calibrate(cloud(500, 9), SECRET, rate=0.25, rank=40), decoys=100)
