@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from bench.harness import command, output, table, write_json
+from bench.harness import command, output, rel, table, write_json
 from shared.proc import run as run_child
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,7 +101,7 @@ def steal_plan(args: argparse.Namespace) -> list[tuple[str, str, str, int, str, 
         elif attack == "cse-oracle":  # the upper bound: the victim's own unmarked weights as the thief's reference
             extra += ["--cse-reference", str(args.victim)]
         plan += [(copy_name("stolen", loss, args.removal_budget, attack), "wm", loss, args.removal_budget, attack, extra)
-                 for loss in args.losses]
+                 for loss in (args.oracle_losses if attack == "cse-oracle" else args.losses)]
     plan += [(copy_name("unmarked", c.split(":")[0], int(c.split(":")[1])), "clean", c.split(":")[0], int(c.split(":")[1]),
               "none", []) for c in args.controls]
     return plan
@@ -160,7 +160,7 @@ def suspects(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
         else:
             missing.append(f"{name} (bench.owm --steal)")
     indep = sorted(p for p in args.work.glob("independent-*") if (p / "config.json").exists()) + list(args.independent)
-    found += [{"name": p.name if p.parent == args.work else str(p), "path": p, "truth": "independent"} for p in indep]
+    found += [{"name": p.name if p.parent == args.work else rel(p), "path": p, "truth": "independent"} for p in indep]
     found.append({"name": "victim (its own weights)", "path": args.victim, "truth": "victim"})
     return found, missing
 
@@ -290,9 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--removal", nargs="*", default=["cse", "cse-oracle", "spa"], choices=list(REMOVAL_ARGS),
                     help="removal attacks at --removal-budget (cse-oracle: CSE with the victim's own weights as reference)")
     ap.add_argument("--removal-budget", type=int, default=4000)
+    ap.add_argument("--oracle-losses", nargs="*", default=["mse"], help="losses of the cse-oracle copies")
     ap.add_argument("--cse-reference", type=Path, default=REPO / "runs" / "owm" / "independent-attack",
                     help="the thief's own encoder for CSE (default: one trained on the attack split, the thief's images)")
-    ap.add_argument("--controls", nargs="*", default=["mse:4000", "infonce:4000"], metavar="LOSS:N",
+    ap.add_argument("--controls", nargs="*", default=["mse:4000"], metavar="LOSS:N",
                     help="copies stolen from the unmarked tier")
     ap.add_argument("--independent", type=Path, nargs="*", default=[REPO / "assets" / "victim-cpu-mnist5k"])
     ap.add_argument("--epochs", type=int, default=20)

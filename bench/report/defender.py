@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from bench.report.attack import LOSSES
-from bench.report.common import load, md_table, pct, pv, results_dir, src
+from bench.report.common import REPO, load, md_table, pct, pv, results_dir, src
 
 
 def _label(name: str) -> str:
@@ -207,10 +208,11 @@ each public sample):
 
 
 def _owm_label(r: dict) -> str:
-    m = re.fullmatch(r"(stolen|unmarked)-(\w+)-(\d+)(?:-(cse|spa))?", r["name"])
+    m = re.fullmatch(r"(stolen|unmarked)-(\w+)-(\d+)(?:-(cse-oracle|cse|spa))?", r["name"])
     if m:
         what = "copy of the marked API" if m[1] == "stolen" else "copy of the unmarked tier"
-        attack = f", {m[4].upper()} removal" if m[4] else ""
+        attack = {None: "", "cse": ", CSE removal", "cse-oracle": ", CSE removal (victim as reference)",
+                  "spa": ", SPA removal"}[m[4]]
         return f"{what}: {LOSSES.get(m[2], m[2]).split(' (')[0]}, {int(m[3]):,} queries{attack}"
     if r["truth"] == "victim":
         return "the victim's own weights (unmarked)"
@@ -237,6 +239,14 @@ def _owm_strengths() -> tuple[list[list[str]], list[str]]:
     return rows, names
 
 
+def _level(null: dict) -> str:
+    over = [k for k, v in null["rate"].items() if v > float(k) * 1.2]
+    if not over:
+        return ": the normal tail holds its level."
+    return (f": the normal tail is somewhat liberal at {', '.join(over)} (the decoys' distribution has slightly heavier "
+            "tails than a normal); each row also holds the exact rank p-value `p_rank`, floored at 1 / (decoys + 1).")
+
+
 def owm() -> str:
     """The output watermark: copies, independents, removal attacks, the customers' cost, the null's level."""
     try:
@@ -260,6 +270,11 @@ def owm() -> str:
                 pv(r["p_worst_obfuscated"]), pct(r["thief_probe"]) if r["thief_probe"] is not None else "",
                 "-" if r["attack"] == "none" else f"{r['probe_cost_points']:+.1f}", f"{r['removal_queries']:,}"]
                for r in d["removal"]]
+    victim = json.loads((REPO / "assets" / "victim-cpu" / "config.json").read_text())["metrics"]
+    cse = [r for r in d["removal"] if r["attack"] == "cse"]
+    spa = [r for r in d["removal"] if r["attack"] == "spa"]
+    sw_cse = [r["mark_left"] for r in d.get("removal_sweep", []) if r["attack"] == "cse"]
+    sw_spa = [r["mark_left"] for r in d.get("removal_sweep", []) if r["attack"] == "spa"]
     sweep = [[f"{r['strength']:g}", r["attack"], pct(r["mark_left"], 0), pct(r["marked_dropped"], 0),
               pct(r["unmarked_dropped"], 0), f"{r['unmarked_change']:.2f}"] for r in d.get("removal_sweep", [])]
     narrow = cust["narrow_drop_points"]
@@ -270,9 +285,9 @@ The `output_watermark` defence (`server/defences/output_watermark.py`, math in `
 pulls answers for images in {key["directions"]} keyed regions of the victim's representation space (each
 about {pct(key["rate"], 0)} of natural images) toward keyed target directions, at strength {key["strength"]}; the key comes from the
 server secret and a calibration file (`heist-server watermark-key`). `heist-defend verify --owm-key FILE`
-reads it on the suspect's answers to {d["verify_config"]["align_n"]:,} public queries, mapped into the victim's space
-(cross-fitted alignment), against {d["verify_config"]["owm_decoys"]:,} decoy keys drawn like the true one: the decoys'
-spread is the null. Copies were stolen over HTTP from a tier with the watermark, controls from a tier
+reads it on the suspect's answers to {d["verify_config"]["align_n"]:,} public queries (per key, a linear map from the victim's
+principal coordinates to the suspect's answers, fitted outside the key's regions, recovers the region images'
+coordinates), against {d["verify_config"]["owm_decoys"]:,} decoy keys drawn like the true one: the decoys' spread is the null. Copies were stolen over HTTP from a tier with the watermark, controls from a tier
 without it; each suspect is verified plain and behind permute, affine and pad-shuffle obfuscation:
 
 ```
@@ -286,7 +301,7 @@ without it; each suspect is verified plain and behind permute, affine and pad-sh
   copies of the unmarked tier: {s["unmarked_copies_flagged_0.01"]}. At most {s["max_queries_per_suspect"]:,} queries per suspect.
 - The null on unseen data: {null["tests"]:,} tests (each independent and unmarked copy on {null["pools"]} disjoint pools of
   1,000 public/test images nobody chose, under {null["secrets"]} server secrets) reject at
-  {", ".join(f"{pct(v)} at {k}" for k, v in null["rate"].items())} (KS test against uniform: p = {pv(null["ks_uniform_p"])}).
+  {", ".join(f"{pct(v)} at {k}" for k, v in null["rate"].items())} (KS test against uniform: p = {pv(null["ks_uniform_p"])}){_level(null)}
 - The customers' cost (both tiers of the same server, over HTTP): narrow 3-class customers lose
   {", ".join(f"{x:+.2f}" for x in narrow)} points (mean {sum(narrow) / len(narrow):+.2f}); the main-task probe on API answers loses
   {", ".join(f"{k.removeprefix('probe_')} {v:+.2f}" for k, v in main.items())} points.
@@ -305,6 +320,15 @@ unmarked answers SPA drops, and how far CSE moves the unmarked answers (median d
 their distance from the mean answer; 1 means they are replaced wholesale):
 
 {md_table(["strength", "attack", "mark left", "marked dropped", "unmarked dropped", "unmarked change"], sweep)}
+
+CSE beats the watermark: no CSE copy is flagged (smallest p {pv(min(r["p_plain"] for r in cse))}), but only by replacing the answers
+wholesale: its copies fall to {", ".join(pct(r["thief_probe"]) for r in cse)} on `shape`, against {pct(victim["probe_shape"])} for the victim and
+{pct(victim["random_probe_shape"])} for a random init of its architecture. The targets lie in the victim's principal subspace, where
+CSE cannot tell them from the directions that carry the answers' content; in the sweep it leaves at most
+{pct(max(sw_cse), 0)} of the mark at any strength from {min(r["strength"] for r in d["removal_sweep"]):g} to {max(r["strength"] for r in d["removal_sweep"]):g}, and
+never stops working at those strengths, at the same cost. SPA does not beat it: its copies stay flagged
+(largest p {pv(max(r["p_plain"] for r in spa))}) and the sweep leaves {pct(min(sw_spa), 0)} to {pct(max(sw_spa), 0)} of the mark, because half of each
+region is at full weight and moves no more than its neighbours.
 
 **Strength.** Each run of `bench.owm` at its strength (`--strength S --work runs/owm-sS --out owm_sS`
 for the extra ones, same victim, directions and rate, a key of its own secret): the copies stolen with
