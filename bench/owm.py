@@ -49,6 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench.harness import command, output, rel, table, write_json
+from shared.output_watermark import DIRECTIONS, RATE
 from shared.proc import run as run_child
 
 REPO = Path(__file__).resolve().parent.parent
@@ -282,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--victim", type=Path, default=REPO / "assets" / "victim-cpu")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "owm", help="key, copies, caches and independents")
     ap.add_argument("--strength", type=float, default=0.2)
-    ap.add_argument("--directions", type=int, default=8)
-    ap.add_argument("--rate", type=float, default=0.05)
+    ap.add_argument("--directions", type=int, default=DIRECTIONS)
+    ap.add_argument("--rate", type=float, default=RATE)
     ap.add_argument("--steal", action="store_true", help="serve the victim and make the missing copies; measure customers")
     ap.add_argument("--losses", nargs="+", default=["mse", "infonce", "softnn"])
     ap.add_argument("--budgets", nargs="+", type=int, default=[1000, 4000])

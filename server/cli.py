@@ -280,12 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_report)
 
+    from shared.output_watermark import DIRECTIONS, RATE
+
     k = sub.add_parser("watermark-key", help="calibrate the output watermark's key (defence output_watermark) on the "
                                              "victim; its vectors come from HEIST_SERVER_SECRET, which the file does not hold")
     k.add_argument("--checkpoint", required=True, help="victim checkpoint folder")
     k.add_argument("--out", required=True, help="calibration file (JSON) for the defence's key param and heist-defend --owm-key")
-    k.add_argument("--directions", type=int, default=4, help="region / target pairs (WARDEN's several directions)")
-    k.add_argument("--rate", type=float, default=0.05, help="share of natural inputs each direction marks")
+    k.add_argument("--directions", type=int, default=DIRECTIONS, help="region / target pairs (WARDEN's several directions; "
+                   "default %(default)s)")
+    k.add_argument("--rate", type=float, default=RATE, help="share of natural inputs each direction marks (default %(default)s)")
     k.add_argument("--split", default="test", help="calibration images: a split of the victim's benchmark")
     k.add_argument("--n", type=int, default=2000, help="calibration images")
     k.set_defaults(func=_cmd_watermark_key)

@@ -44,6 +44,8 @@ from shared.transforms import keyed_rng
 FORMAT: Literal["encoder-heist-owm/1"] = "encoder-heist-owm/1"
 PURPOSE = "output-watermark"
 TRUE_LABEL = "key"
+DIRECTIONS = 8  # default K of a key (heist-server watermark-key, the demo, bench.owm)
+RATE = 0.05  # default share of natural inputs each direction marks
 
 
 class WatermarkCalibration(BaseModel):
@@ -79,8 +81,12 @@ class WatermarkCalibration(BaseModel):
         return self
 
     def target_basis(self) -> np.ndarray:
-        """(r, D): the basis rows scaled by their standard deviations (a target is a unit vector in their span)."""
-        return (np.asarray(self.basis_sd, np.float32)[:, None] * np.asarray(self.basis, np.float32)).astype(np.float32)
+        return scaled_basis(np.asarray(self.basis, np.float32), np.asarray(self.basis_sd, np.float32))
+
+
+def scaled_basis(basis: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """(r, D): the basis rows scaled by their standard deviations (a target is a unit vector in their span)."""
+    return (sd[:, None] * basis).astype(np.float32)
 
 
 def load_calibration(path: Path) -> WatermarkCalibration:
@@ -111,23 +117,20 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def draw_keys(secret: bytes, dim: int, directions: int, labels: list[str], target_basis: np.ndarray | None = None) -> Keys:
+def draw_keys(secret: bytes, dim: int, directions: int, labels: list[str], target_basis: np.ndarray) -> Keys:
     """One key per label (the true key is ``TRUE_LABEL``; decoys are any other labels), from the secret.
 
     Region normals are isotropic; targets are Gaussian combinations of ``target_basis`` rows (the
     victim's principal directions scaled by their spread, :meth:`WatermarkCalibration.target_basis`),
     so that a mark moves answers the way natural answers vary: a map fitted on unmarked answers
     (an obfuscation's inverse, the defender's alignment) carries it along instead of projecting it
-    away. Without a basis the targets are isotropic."""
+    away."""
     regions = np.empty((len(labels), directions, dim), np.float32)
     targets = np.empty_like(regions)
     for i, label in enumerate(labels):
         rng = keyed_rng(secret, PURPOSE, label, str(dim), str(directions))
         regions[i] = _unit(rng.standard_normal((directions, dim)))
-        if target_basis is None:
-            targets[i] = _unit(rng.standard_normal((directions, dim)))
-        else:
-            targets[i] = _unit(rng.standard_normal((directions, len(target_basis))).astype(np.float32) @ target_basis)
+        targets[i] = _unit(rng.standard_normal((directions, len(target_basis))).astype(np.float32) @ target_basis)
     return Keys(regions, targets)
 
 
@@ -153,7 +156,7 @@ def ramp(proj: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.clip((proj - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def calibrate(reps: np.ndarray, secret: bytes, directions: int = 8, rate: float = 0.05, rank: int = 32,
+def calibrate(reps: np.ndarray, secret: bytes, directions: int = DIRECTIONS, rate: float = RATE, rank: int = 32,
               calibrated_on: dict | None = None) -> WatermarkCalibration:
     """The calibration of the secret's key on the victim's clean representations of natural images
     (targets inside the top ``rank`` principal directions of the standardised answers)."""
@@ -166,7 +169,7 @@ def calibrate(reps: np.ndarray, secret: bytes, directions: int = 8, rate: float 
     _, sv, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
     r = min(rank, len(sv))
     basis, basis_sd = vt[:r], sv[:r] / np.sqrt(len(z))
-    key = draw_keys(secret, reps.shape[1], directions, [TRUE_LABEL], (basis_sd[:, None] * basis).astype(np.float32))
+    key = draw_keys(secret, reps.shape[1], directions, [TRUE_LABEL], scaled_basis(basis, basis_sd))
     lo, hi = ramp_bounds(z @ key.regions[0].T, rate)
     return WatermarkCalibration(dim=reps.shape[1], directions=directions, rate=rate, center=tuple(map(float, center)),
                                 scale=tuple(map(float, scale)), lo=tuple(map(float, lo)), hi=tuple(map(float, hi)),
@@ -223,12 +226,12 @@ class Marker:
 class WatermarkScores:
     """The true key's statistic against the decoys'."""
 
-    statistic: float            # the true key's mean shift toward its targets (region minus rest)
+    statistic: float            # the true key's mean shift toward its targets on its regions' images
     per_direction: list[float]  # the same per pair
     decoy_mean: float
     decoy_sd: float
     z: float                    # (statistic - decoy mean) / decoy sd
-    p_value: float              # normal tail of z (its level is checked on independents: bench.owm_null)
+    p_value: float              # normal tail of z (its level is checked on independents: bench.owm)
     p_rank: float               # (1 + decoys at or above the statistic) / (1 + decoys): exact, floor 1 / (1 + decoys)
     n_decoys: int
     n_images: int

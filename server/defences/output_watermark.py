@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from server.defences.base import Defence, DefenceParams
-from shared.output_watermark import Marker, WatermarkCalibration, load_calibration
+from shared.output_watermark import DIRECTIONS, RATE, Marker, WatermarkCalibration, load_calibration
 
 GATES = frozenset({"rate_limit", "pow", "noop"})  # defences that never change answers
 
@@ -48,7 +48,7 @@ class OutputWatermark(Defence):
         return marked.astype(np.float32)
 
 
-def calibrate_checkpoint(checkpoint: Path, secret: bytes, directions: int = 4, rate: float = 0.05, split: str = "test",
+def calibrate_checkpoint(checkpoint: Path, secret: bytes, directions: int = DIRECTIONS, rate: float = RATE, split: str = "test",
                          n: int = 2000) -> WatermarkCalibration:
     """The key's calibration on the victim's clean representations of ``n`` images of its benchmark's ``split``."""
     from shared.checkpoint import load_checkpoint
