@@ -40,10 +40,11 @@ import torch
 
 from bench.harness import PROFILE, command, rel, write_json
 from bench.loadgen import RawHttpConnection, tree_cpu_seconds
-from server.batcher import Batcher, ServingForward, serving_module
+from server.batcher import Batcher, ServingForward, held_input, serving_module
 from server.config import ServerConfig
 from shared.checkpoint import Checkpoint, EncoderConfig, HeadSpec, load_checkpoint, save_checkpoint
 from shared.images import encode_image
+from shared.malloc import retain_freed_memory
 from shared.models import representation_dim
 from testbed.services import RedisProcess, server_env, start_redis, start_server, wait_ready
 
@@ -167,7 +168,7 @@ def in_process_forward(ck: Checkpoint, device: str, max_batch: int, jit: bool, c
 
     def forward(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(x))[0].numpy()
+            return module(held_input(x)[0] if jit else torch.from_numpy(x))[0].numpy()
     return forward
 
 
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--switch-interval-ms", type=float, help="the server's GIL switch interval (default: the server's, 0.2 ms; "
                    "Python's own default is 5)")
     p.add_argument("--no-gc-freeze", action="store_true", help="serve without gc.freeze() after startup (HEIST_GC_FREEZE=0)")
+    p.add_argument("--no-malloc-retain", action="store_true", help="glibc's default malloc in the server (HEIST_MALLOC_RETAIN=0) "
+                   "and in the baseline; by default both keep freed memory (shared.malloc)")
     p.add_argument("--redis", help="redis:// URL (default: the embedded store, or a private redis-server with --workers > 1)")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw",
                    help="load generator: raw = pre-built HTTP/1.1 requests on keep-alive sockets (little client CPU); "
@@ -232,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     out_name = args.out or ("api_throughput" if device == "cpu" else f"api_throughput_{device}")
     threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
     torch.set_num_threads(threads)
+    malloc_retain = not args.no_malloc_retain and retain_freed_memory()  # the baseline's process, as the server's
 
     tmp = Path(tempfile.mkdtemp(prefix="heist-bench-"))
     if args.checkpoint:
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
     admin = secrets.token_urlsafe(24)
     extra = {"HEIST_LOG_LEVEL": "warning", "HEIST_JIT": "0" if args.no_jit else "1",
-             "HEIST_GC_FREEZE": "0" if args.no_gc_freeze else "1"}
+             "HEIST_GC_FREEZE": "0" if args.no_gc_freeze else "1", "HEIST_MALLOC_RETAIN": "0" if args.no_malloc_retain else "1"}
     if device == "cuda":
         extra.update(HEIST_CUDA_GRAPHS="0" if args.no_cuda_graphs else "1", HEIST_GPU_DTYPE=args.gpu_dtype)
     if args.switch_interval_ms is not None:
@@ -351,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                          "trained": bool(args.checkpoint)},
                "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
                "workers": args.workers, "traffic": args.traffic, "images_per_request": n_img, "seconds_per_level": args.seconds,
-               "max_batch": args.max_batch, "torch_threads": threads, "jit": not args.no_jit, "gc_freeze": not args.no_gc_freeze,
+               "max_batch": args.max_batch, "torch_threads": threads, "jit": not args.no_jit, "gc_freeze": not args.no_gc_freeze, "malloc_retain": malloc_retain,
                "cpus": os.cpu_count(), "client": args.client,
                "switch_interval_ms": args.switch_interval_ms or ServerConfig.model_fields["switch_interval_ms"].default,
                "store": store, "cuda": torch.cuda.is_available(), "api_vs_in_process_max_rel_err": check,

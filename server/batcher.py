@@ -69,6 +69,22 @@ def serving_module(model: Checkpoint, projections: bool) -> torch.nn.Module:
     return frozen(ServingForward(model.encoder, head), torch.zeros(2, size, size, 3, dtype=torch.uint8))
 
 
+def held_input(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``images`` as a tensor for the frozen module, and an anchor to keep alive through the call.
+
+    A tensor made in Python has a PyObject, and torch takes the GIL whenever the C++ references to
+    such a tensor go from 2 to 1 (``c10::intrusive_ptr``: the PyObject must then be released). Inside
+    the frozen module that happens when the graph drops its input, in the middle of the forward pass,
+    and the inference thread then waits for the GIL while the event loop or a decoding thread holds
+    it. The anchor, a view made outside inference mode, holds one more C++ reference to the input,
+    so the count never falls to 1 during the call: the thread takes the GIL back only when it returns.
+    Same values: the view shares the input's memory and is only held.
+    """
+    with torch.inference_mode(False):
+        x = torch.from_numpy(images)
+        return x, x.view(x.shape)
+
+
 class Overloaded(RuntimeError):
     """The queue holds more images than allowed: answer 503 instead of queueing forever."""
 
@@ -252,11 +268,13 @@ class Batcher:
                 if p is not None:
                     projs.append(p)
                 continue
-            x = torch.from_numpy(images[s:s + self.max_batch])
             if self.jit:
+                x, anchor = held_input(images[s:s + self.max_batch])
                 y, z = self._served[want_proj](x)
+                del anchor
                 z = z if want_proj else None
             else:
+                x = torch.from_numpy(images[s:s + self.max_batch])
                 y = self.encoder(to_model_input(x.to(self.device, non_blocking=True)))
                 z = head(y) if head is not None else None
             reps.append(y.float().cpu().numpy())

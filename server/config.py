@@ -133,6 +133,11 @@ class ServerConfig(BaseSettings):
         "generation (gc.freeze): full collections then scan only what requests create. Without it a full "
         "collection pauses the event loop while it scans them, which shows in the tail latency "
         "(bench/api_throughput.py --no-gc-freeze)."))
+    malloc_retain: bool = Field(default=True, description=(
+        "glibc only: keep freed memory in the process (shared.malloc.retain_freed_memory) instead of mapping "
+        "every forward pass's activations afresh; without it a width-16 forward of 64 images faults in about "
+        "4,500 pages and spends 15-20% of its time in the kernel (python -m bench.page_faults). Costs resident "
+        "memory: the process keeps its peak heap."))
     switch_interval_ms: float | None = Field(default=0.2, gt=0, le=100, description=(
         "Python's GIL switch interval for the server process (sys.setswitchinterval; Python's default is 5 ms). "
         "The inference thread needs the GIL back after every forward pass; while the event loop runs Python it "

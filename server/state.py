@@ -54,8 +54,13 @@ class ServerState:
           defences search (set in the thread that loads the model, it left the loop's searches on
           every core); ``blas_threads``: numpy's OpenBLAS, process-wide. Idle OpenMP/OpenBLAS workers
           spin for a while after each call, on the core the inference thread needs;
-        - ``gc_freeze``: startup objects (torch, FastAPI, the model) leave the collector's scans.
+        - ``gc_freeze``: startup objects (torch, FastAPI, the model) leave the collector's scans;
+        - ``malloc_retain`` (process-wide): freed memory stays in the process (``shared.malloc``).
         """
+        if self.config.malloc_retain:
+            from shared.malloc import retain_freed_memory
+
+            retain_freed_memory()
         if self.config.switch_interval_ms is not None:
             sys.setswitchinterval(self.config.switch_interval_ms / 1000)
         if self.config.faiss_threads is not None:

@@ -107,7 +107,7 @@ class Victim:
 # ---- in process: create_app behind the ASGI transport ----------------------------------------------
 
 # process-wide settings a served app applies at startup; an app inside the test process leaves them alone
-IN_PROCESS_RUNTIME: dict[str, Any] = {"gc_freeze": False, "switch_interval_ms": None, "faiss_threads": None,
+IN_PROCESS_RUNTIME: dict[str, Any] = {"gc_freeze": False, "malloc_retain": False, "switch_interval_ms": None, "faiss_threads": None,
                                       "blas_threads": None, "torch_threads": None}
 
 

@@ -65,6 +65,7 @@ def api() -> str:
     verdict = (f"**The 85% target is met at concurrency {' and '.join(met)}.**" if met
                else "The 85% target is not met in this run.")
     gil = {(r["switch_ms"], r["forward"]): r["kept"] for r in g["rows"]}
+    pf = {(r["malloc"], r["next_to_decoding"]): r for r in load("serving/page_faults")["rows"]}
     httpx_cpu = " / ".join(f"{r['api']['client_cpu']:.2f}" for r in h["rows"] if r["concurrency"] > 1)
     return f"""## API throughput
 
@@ -87,11 +88,22 @@ What keeps the server close to the in-process forward pass ([docs/api.md](api.md
 - **One GIL retake per batch.** The forward pass releases the GIL, but the inference thread must
   take it back after every call into torch, and each retake waits up to the switch interval while
   the event loop runs Python. The conversion, encoder and head are one frozen module, and the
-  worker resolves a whole batch's futures with one `call_soon_threadsafe`.
+  worker resolves a whole batch's futures with one `call_soon_threadsafe`. torch also takes the
+  GIL inside a call when the last C++ reference to a tensor made in Python goes (the frozen graph
+  dropping its input); `server.batcher.held_input` keeps one more until the call returns.
   `python -m bench.gil_contention` ({src("serving/gil_contention.json")}) isolates it: next to a
   thread spinning in Python, a batch-{g["batch"]} forward keeps {gil[(0.2, "per-op")]} of its speed
   per op and {gil[(0.2, "fused")]} fused at the server's 0.2 ms switch interval, and
   {gil[(5.0, "per-op")]} and {gil[(5.0, "fused")]} at Python's default 5 ms.
+- **Freed memory stays in the process.** With glibc's defaults each forward pass maps its
+  activations afresh and faults them in. `python -m bench.page_faults` ({src("serving/page_faults.json")},
+  one child process per setting, medians of {load("serving/page_faults")["rounds"]} rounds): a batch-64 forward
+  takes {pf[("default", False)]["faults_per_forward"]:,} page faults and spends {pf[("default", False)]["kernel_share"]}
+  of its time in the kernel; with `malloc_retain` (default on: `shared.malloc`, glibc's mmap and trim
+  thresholds at 1 GiB) it takes {pf[("retain", False)]["faults_per_forward"]:,} and runs
+  {pf[("retain", False)]["vs_default"]} as fast alone, {pf[("retain", True)]["vs_default"]} next to a thread
+  decoding PNGs. The bench's in-process baseline keeps freed memory too (`--no-malloc-retain`
+  turns it off on both sides).
 - **Garbage collection.** After startup the server calls `gc.freeze()` (`gc_freeze`, default on),
   so a full collection scans only what requests create instead of pausing every request in
   flight; `--no-gc-freeze` measures the difference on p99.
