@@ -1,12 +1,12 @@
 """Keep freed memory in the process (glibc): no page fault per tensor in a loop of forward passes.
 
 glibc's malloc serves a large block (above ``M_MMAP_THRESHOLD``, 128 KiB at start and raised on the
-fly) with a fresh ``mmap`` and returns it with ``munmap`` when it is freed; the top of a heap is
-given back past ``M_TRIM_THRESHOLD``. A forward pass allocates and frees its activations every
-time, so every pass faults its pages in again and the kernel zeroes them: a width-16 ResNet-18
-forward of 64 images at 32 px takes about 4,500 minor faults and spends 15-20% of its time in the
-kernel (``python -m bench.page_faults``). The faults also serialise on the process's memory map, so
-a thread decoding images next to the inference thread slows it further.
+fly as mapped blocks are freed) with a fresh ``mmap`` and returns it with ``munmap``; the top of a
+heap is given back past ``M_TRIM_THRESHOLD``. A forward pass allocates and frees its activations
+every time, so, depending on where the process's allocations so far left the thresholds, each pass
+may fault its pages in again and have the kernel zero them: then a width-16 ResNet-18 forward of 64
+images at 32 px takes about 4,500 minor faults and spends 15% of its time in the kernel
+(``python -m bench.page_faults``). Whether a process lands there varies from run to run.
 
 :func:`retain_freed_memory` fixes both thresholds at ``limit`` bytes: blocks up to that size come
 from the heap and stay there once freed, for the next pass to reuse. The cost is resident memory:
