@@ -13,7 +13,8 @@
 # training fails or overruns; --train-epochs N sets the epochs, 0 skips training; (4) python -m
 # bench.api_throughput on CUDA at concurrency 32 and 64, 32 PNG images per request, max batch 256,
 # with and without every defence on, and the in-process baseline (batch 256 too) in the same run,
-# written to results/serving/api_throughput_cuda.json; (5) python -m bench.serving_targets prints the
+# written to results/serving/api_throughput_cuda.json; (5) python -m bench.jpeg_decode: nvJPEG against
+# Pillow per image size (results/serving/jpeg_decode_cuda.json); (6) python -m bench.serving_targets prints the
 # table and exits non-zero unless one level at concurrency >= 32 serves >= 50,000 img/s, >= 40% of
 # in-process batch 256, and keeps >= 80% of that with every defence on.
 #
@@ -30,7 +31,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --cpu-smoke|--dry-run) mode=smoke ;;
     --train-epochs) epochs="${2:?--train-epochs needs a number}"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -81,7 +82,7 @@ redis_args=()
 wait "$data_pid" 2>/dev/null || true
 
 step "4. bench ($WORKERS server processes)"
-left=$((410 - (SECONDS - start)))  # the whole script stays under 7 minutes
+left=$((370 - (SECONDS - start)))  # the whole script stays under 7 minutes (40 s kept for step 5)
 (( left > 270 )) && left=270
 (( left < 90 )) && { echo "only $left s left for the bench: giving up" >&2; exit 1; }
 if [[ $mode == gpu ]]; then
@@ -98,7 +99,11 @@ else
   check=(--report-only)
 fi
 
-step "5. targets"
+step "5. JPEG decoding on the device (device_decode: auto's calibration)"
+if [[ $mode == gpu ]]; then jpeg=(--device cuda); else jpeg=(--device cpu --sides 32 64 --batch 4 --repeats 1); fi
+timeout 40 "$PYTHON" -m bench.jpeg_decode "${jpeg[@]}" || echo "warning: bench.jpeg_decode failed or overran" >&2
+
+step "6. targets"
 results="${HEIST_RESULTS_DIR:-results}/serving/$out.json"
 status=0
 "$PYTHON" -m bench.serving_targets "$results" "${check[@]}" || status=$?

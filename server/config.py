@@ -115,6 +115,11 @@ class ServerConfig(BaseSettings):
     gpu_bf16_tolerance: float = Field(default=0.02, gt=0, le=1, description=(
         "with gpu_dtype bfloat16: the largest per-row relative L2 error of bf16 answers against float32 "
         "accepted by the startup check on 8 random images; above it the server refuses to start"))
+    device_decode: Literal["auto", "on", "off"] = Field(default="auto", description=(
+        "JPEG decoding on the served device (server.gpu_decode: nvJPEG through torchvision, resize and crop with "
+        "torch): auto = on a CUDA device, for the JPEGs from the smallest size at which a startup calibration "
+        "measured it faster than Pillow (never, if it did not); on = every RGB or grey JPEG, on any device (on the "
+        "CPU, torchvision's decoder); off = Pillow only. Pixels differ from Pillow's by about 0.4 levels"))
     # batching
     max_batch: int = Field(default=64, ge=1, le=4096, description="most images in one forward pass (micro-batch)")
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000, description="how long a micro-batch waits to fill")

@@ -11,6 +11,7 @@ import anyio
 from server.batcher import Batcher
 from server.config import ServerConfig
 from server.defences import DefenceContext, DefencePipeline, build_pipeline
+from server.gpu_decode import DeviceJpegDecoder
 from server.metrics import Metrics
 from server.obfuscation import Obfuscator
 from server.store import AccountStore
@@ -31,6 +32,7 @@ class ServerState:
         self.metrics = Metrics(config.max_batch)
         self.model = model
         self.batcher: Batcher | None = None
+        self.device_decoder: DeviceJpegDecoder | None = None  # JPEGs decoded on the device (device_decode)
         self._decode_limiter: anyio.CapacityLimiter | None = None
         self.obfuscator: Obfuscator | None = None
         self.limits = ImageLimits(formats=config.allowed_formats, max_pixels=config.max_image_pixels,
@@ -93,6 +95,11 @@ class ServerState:
                                cuda_graphs=self.config.cuda_graphs, gpu_dtype=self.config.gpu_dtype,
                                gpu_bf16_tolerance=self.config.gpu_bf16_tolerance)
         self.batcher.start()
+        mode = self.config.device_decode
+        if mode == "on" or (mode == "auto" and device.type == "cuda"):
+            self.device_decoder = DeviceJpegDecoder(device, model.config.input_size)
+            if mode == "auto":
+                self.device_decoder.calibrate()
         if self.config.obfuscation is not None:
             c = model.config
             self.obfuscator = Obfuscator(self.config.obfuscation, c.representation_dim, c.head.out_dim if c.head else None)
@@ -100,6 +107,7 @@ class ServerState:
         log.info("model loaded", extra={"model": self.model_id, "arch": model.config.arch,
                                          "device": str(device), "store": self.store.backend,
                                          "obfuscation": self.obfuscator.describe() if self.obfuscator else None,
+                                         "device_decode_min_side": self.device_decoder.min_side if self.device_decoder else None,
                                          "policies": {t: p.describe() for t, p in self.pipelines.items()}})
 
     @property

@@ -14,7 +14,10 @@ import hashlib
 import io
 import re
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -84,27 +87,13 @@ def _payload(s: str, index: int, limits: ImageLimits) -> bytes:
     return raw
 
 
-def decode_image(s: str, index: int, limits: ImageLimits) -> Image.Image:
-    """base64 / data: URI -> RGB PIL image, validated against ``limits``."""
-    raw = _payload(s, index, limits)
+@contextmanager
+def _image_errors(index: int) -> Iterator[None]:
+    """Pillow's exceptions for a bad file -> :class:`ImageError` with the input's index."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw), formats=None)
-            fmt = (img.format or "").upper()
-            if fmt not in limits.formats:
-                raise ImageError(index, 415, "unsupported_media_type",
-                                 f"image format {fmt or 'unknown'} not allowed; allowed: {', '.join(limits.formats)}")
-            w, h = img.size
-            if w <= 0 or h <= 0:
-                raise ImageError(index, 422, "invalid_image", f"image has no pixels ({w}x{h})")
-            if w * h > limits.max_pixels:
-                raise ImageError(index, 413, "image_too_large",
-                                 f"image is {w}x{h} = {w * h} pixels, limit {limits.max_pixels} (decompression bomb guard)")
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)  # animated WebP: first frame only
-            img.load()
-            return to_rgb(img)
+            yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -113,6 +102,37 @@ def decode_image(s: str, index: int, limits: ImageLimits) -> Image.Image:
         raise ImageError(index, 422, "invalid_image", "not a decodable image (PNG, JPEG or WebP expected)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:  # truncated / corrupt streams
         raise ImageError(index, 422, "invalid_image", f"corrupt or truncated image: {e}") from None
+
+
+def open_image(raw: bytes, index: int, limits: ImageLimits) -> Image.Image:
+    """The file's header read and checked against ``limits`` (format, pixel cap); pixels not decoded."""
+    with _image_errors(index):
+        img = Image.open(io.BytesIO(raw), formats=None)
+        fmt = (img.format or "").upper()
+        if fmt not in limits.formats:
+            raise ImageError(index, 415, "unsupported_media_type",
+                             f"image format {fmt or 'unknown'} not allowed; allowed: {', '.join(limits.formats)}")
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise ImageError(index, 422, "invalid_image", f"image has no pixels ({w}x{h})")
+        if w * h > limits.max_pixels:
+            raise ImageError(index, 413, "image_too_large",
+                             f"image is {w}x{h} = {w * h} pixels, limit {limits.max_pixels} (decompression bomb guard)")
+        return img
+
+
+def load_rgb(img: Image.Image, index: int) -> Image.Image:
+    """An image from :func:`open_image`, decoded and converted to RGB."""
+    with _image_errors(index):
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)  # animated WebP: first frame only
+        img.load()
+        return to_rgb(img)
+
+
+def decode_image(s: str, index: int, limits: ImageLimits) -> Image.Image:
+    """base64 / data: URI -> RGB PIL image, validated against ``limits``."""
+    return load_rgb(open_image(_payload(s, index, limits), index, limits), index)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -142,22 +162,43 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def preprocess(inputs: list[str], size: int, limits: ImageLimits) -> np.ndarray:
+class DeviceDecoder(Protocol):
+    """Decodes some files elsewhere (``server.gpu_decode.DeviceJpegDecoder``: JPEG on the GPU)."""
+
+    def eligible(self, img: Image.Image) -> bool: ...
+
+    def decode(self, raws: Sequence[bytes]) -> np.ndarray: ...
+
+
+def preprocess(inputs: list[str], size: int, limits: ImageLimits, device: DeviceDecoder | None = None) -> np.ndarray:
     """Decode, validate, convert to RGB, resize/centre-crop: uint8 (N, size, size, 3).
 
     Raises :class:`ImageError` for the first bad input (by index). The resized image, before the
     crop, is held to ``limits.max_pixels`` too: a long thin strip (1 x 100,000) would otherwise
-    grow to ``size`` x (100,000 x ``size``) pixels.
+    grow to ``size`` x (100,000 x ``size``) pixels. With ``device``, the inputs it calls eligible
+    (after the same header checks) are decoded there in one call; if that call fails, Pillow decodes
+    them and raises what it finds.
     """
     out = np.empty((len(inputs), size, size, 3), dtype=np.uint8)
+    deferred: list[tuple[int, bytes, Image.Image]] = []
     for i, s in enumerate(inputs):
-        img = decode_image(s, i, limits)
+        raw = _payload(s, i, limits)
+        img = open_image(raw, i, limits)
         (w, h), (nw, nh) = img.size, resized_size(*img.size, size)
         if nw * nh > limits.max_pixels:
             raise ImageError(i, 413, "image_too_large",
                              f"image is {w}x{h}: resizing its shorter side to {size} makes {nw}x{nh} = {nw * nh} pixels, "
                              f"limit {limits.max_pixels} (aspect ratio too extreme)")
-        out[i] = resize_center_crop(img, size)
+        if device is not None and device.eligible(img):
+            deferred.append((i, raw, img))
+        else:
+            out[i] = resize_center_crop(load_rgb(img, i), size)
+    if deferred:
+        try:
+            out[[i for i, _, _ in deferred]] = device.decode([raw for _, raw, _ in deferred])  # type: ignore[union-attr]
+        except RuntimeError:  # the device refused a file: Pillow decodes them all and names the bad one
+            for i, _, img in deferred:
+                out[i] = resize_center_crop(load_rgb(img, i), size)
     return out
 
 

@@ -98,4 +98,6 @@ def test_gpu_bench_cpu_smoke(tmp_path):
     assert row["concurrency"] == 32 and row["api"]["errors"] == 0 and row["api"]["images_per_s"] > 0
     assert "defended" in row and row["api"]["server_cpu"] > 0
     assert result["api_vs_in_process_max_rel_err"] < 1e-4
+    jpeg = json.loads((tmp_path / "serving" / "jpeg_decode_cpu.json").read_text())  # step 5, torchvision's CPU decoder
+    assert [r["side"] for r in jpeg["rows"]] == [32, 64] and all(r["device_ms"] > 0 for r in jpeg["rows"])
     assert time.monotonic() - t0 < 120  # about 30 s alone on 2 cores

@@ -23,6 +23,8 @@ INDEX: list[tuple[str, str, str]] = [
     ("serving/defence_overhead.txt", "console output of that run", "bench.defence_overhead"),
     ("serving/faiss_lookup.json", "FAISS flat vs IVF search time and recall vs history size", "bench.faiss_lookup"),
     ("serving/gil_contention.json", "forward pass next to a GIL-busy thread, per-op vs fused", "bench.gil_contention"),
+    ("serving/jpeg_decode_*.json", "JPEG decode + resize: the device decoder (torchvision; nvJPEG on CUDA) vs Pillow per image size",
+     "bench.jpeg_decode"),
     ("serving/page_faults.json", "page faults of the serving forward, glibc's default malloc vs freed memory kept", "bench.page_faults"),
     ("serving/import_time.json", "start-up import time per module, as a ratio to import torch", "bench.import_time"),
     ("serving/pow_cost.json", "PoW verify cost, solver hash rate, calibrated cost on recorded workloads", "bench.pow_cost"),

@@ -95,11 +95,12 @@ What keeps the server close to the in-process forward pass ([docs/api.md](api.md
   thread spinning in Python, a batch-{g["batch"]} forward keeps {gil[(0.2, "per-op")]} of its speed
   per op and {gil[(0.2, "fused")]} fused at the server's 0.2 ms switch interval, and
   {gil[(5.0, "per-op")]} and {gil[(5.0, "fused")]} at Python's default 5 ms.
-- **Freed memory stays in the process.** With glibc's defaults each forward pass maps its
-  activations afresh and faults them in. `python -m bench.page_faults` ({src("serving/page_faults.json")},
-  one child process per setting, medians of {load("serving/page_faults")["rounds"]} rounds): a batch-64 forward
-  takes {pf[("default", False)]["faults_per_forward"]:,} page faults and spends {pf[("default", False)]["kernel_share"]}
-  of its time in the kernel; with `malloc_retain` (default on: `shared.malloc`, glibc's mmap and trim
+- **Freed memory stays in the process.** With glibc's defaults a forward pass may map its
+  activations afresh and fault them in, depending on where the process's earlier allocations left
+  malloc's thresholds, which varies from run to run. `python -m bench.page_faults`
+  ({src("serving/page_faults.json")}, one child process per setting, medians of {load("serving/page_faults")["rounds"]}
+  rounds): a batch-64 forward takes {pf[("default", False)]["faults_per_forward"]:,} page faults and spends
+  {pf[("default", False)]["kernel_share"]} of its time in the kernel; with `malloc_retain` (default on: `shared.malloc`, glibc's mmap and trim
   thresholds at 1 GiB) it takes {pf[("retain", False)]["faults_per_forward"]:,} and runs
   {pf[("retain", False)]["vs_default"]} as fast alone, {pf[("retain", True)]["vs_default"]} next to a thread
   decoding PNGs. The bench's in-process baseline keeps freed memory too (`--no-malloc-retain`

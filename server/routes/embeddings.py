@@ -121,7 +121,7 @@ async def _serve(payload: EmbeddingRequest, request: Request, state: ServerState
                        headers)
     try:
         images = await anyio.to_thread.run_sync(preprocess, payload.input, state.loaded_model.config.input_size, state.limits,
-                                                limiter=state.decode_limiter)
+                                                state.device_decoder, limiter=state.decode_limiter)
     except ImageError as e:
         raise ApiError(e.status, e.type, str(e), e.param) from None
     want_proj = payload.output == "projection" or pipeline.needs_projections
