@@ -61,6 +61,10 @@ class TierConfig(BaseModel):
     outputs: tuple[Literal["representation", "projection"], ...] = ("representation",)
     rate_limit: RateLimit = Field(default_factory=RateLimit)
     defences: tuple[DefenceSpec, ...] = ()
+    query_log: int = Field(default=0, ge=0, le=100_000, description=(
+        "served images kept per account, the last N as the model saw them (raw pixels in the store; "
+        "GET /v1/admin/accounts/{id}/queries), for an ownership investigation (heist-defend verify "
+        "--query-log); 0 = none"))
 
 
 class Obfuscation(BaseModel):

@@ -143,6 +143,16 @@ class AccountList(BaseModel):
     data: list[AccountInfo]
 
 
+class QueryLog(BaseModel):
+    """An account's logged queries (the tier's ``query_log``): the last images it was served, oldest
+    first, as the model saw them (decoded, resized, cropped), each a base64 PNG ready to send again."""
+
+    object: Literal["query_log"] = "query_log"
+    account_id: str
+    size: int = Field(description="the images' side in pixels")
+    images: list[str]
+
+
 # ---- wire helpers -------------------------------------------------------------------------------
 
 def encode_embedding(vec: np.ndarray, fmt: EncodingFormat) -> list[float] | str:

@@ -1,9 +1,10 @@
-"""Admin routes (/v1/admin/accounts...): create, list, show, defence state and revoke, behind the admin token."""
+"""Admin routes (/v1/admin/accounts...): create, list, show, defence state, query log and revoke, behind the admin token."""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
 from fastapi import APIRouter, Depends
 
 from server.accounts import Account, make_account
@@ -13,7 +14,8 @@ from server.errors import ApiError
 from server.routes.responses import ADMIN_ERRORS
 from server.state import ServerState
 from server.store import AccountExists
-from shared.schemas import AccountCreate, AccountCreated, AccountInfo, AccountList
+from shared.images import encode_image
+from shared.schemas import AccountCreate, AccountCreated, AccountInfo, AccountList, QueryLog
 
 log = logging.getLogger("heist.api")
 
@@ -57,6 +59,16 @@ async def show_account(account_id: str, state: StateDep):
 async def account_defences(account_id: str, state: StateDep):
     acct = await _get(state, account_id)
     return await defence_stats(state.store, acct)
+
+
+@router.get("/{account_id}/queries", response_model=QueryLog, responses=ADMIN_ERRORS)
+async def account_queries(account_id: str, state: StateDep):
+    """The account's query log (its tier's ``query_log``: the last images it was served), as PNGs."""
+    acct = await _get(state, account_id)
+    size = state.loaded_model.config.input_size
+    raw = await state.store.query_log(acct.id)
+    images = [encode_image(np.frombuffer(r, dtype=np.uint8).reshape(size, size, 3)) for r in raw if len(r) == size * size * 3]
+    return QueryLog(account_id=acct.id, size=size, images=images)
 
 
 @router.post("/{account_id}/revoke", response_model=AccountInfo, responses=ADMIN_ERRORS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from typing import Any, Literal
 
@@ -19,9 +20,11 @@ from server.deps import AccountDep, StateDep
 from server.errors import ApiError
 from server.routes.responses import ERRORS
 from server.state import ServerState
-from server.store import IdempotentAnswer, RequestRecord
+from server.store import IdempotentAnswer, RequestRecord, StoreUnavailable
 from shared.images import ImageError, preprocess
 from shared.schemas import EmbeddingRequest, EmbeddingResponse, encode_embedding
+
+log = logging.getLogger("heist.api")
 
 router = APIRouter(tags=["embeddings"])
 
@@ -61,6 +64,15 @@ def _idempotency_key(request: Request) -> str | None:
 def _rejection_kwargs(r) -> dict[str, Any]:
     return {"status": r.status, "type": r.type, "message": r.message, "param": r.param,
             "retry_after": r.retry_after, "extra": r.extra}
+
+
+async def _log_queries(state: ServerState, account_id: str, images: np.ndarray, keep: int) -> None:
+    """The served images into the account's query log. After the commit, so best effort: a store
+    outage here loses log entries (logged), never the answer that was already counted."""
+    try:
+        await state.store.log_queries(account_id, [np.ascontiguousarray(im).tobytes() for im in images[-keep:]], keep)
+    except StoreUnavailable:
+        log.warning("query log not written: store unavailable", extra={"account": account_id, "images": len(images)})
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERRORS)
@@ -150,4 +162,7 @@ async def _serve(payload: EmbeddingRequest, request: Request, state: ServerState
         raise ApiError(409, "idempotency_in_progress", f"a retry of this request holds its {IDEMPOTENCY_HEADER} now",
                        param=IDEMPOTENCY_HEADER, retry_after=1)
     state.metrics.images.labels(payload.output, account.tier).inc(n)
+    keep = config.tiers[account.tier].query_log
+    if keep:
+        await _log_queries(state, account.id, images, keep)
     return _answer(state.model_id, out, payload.encoding_format, limit_headers)

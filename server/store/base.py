@@ -230,6 +230,14 @@ class AccountStore(ABC):
         """Gauges the defences wrote (coverage, sigma, ...) plus :data:`HISTORY_LEN` and :data:`COVERAGE_BITS`."""
 
     @abstractmethod
+    async def log_queries(self, account_id: str, images: builtins.list[bytes], keep: int) -> None:
+        """Append served images (raw uint8 pixels) to the account's query log, keeping its last ``keep``."""
+
+    @abstractmethod
+    async def query_log(self, account_id: str) -> builtins.list[bytes]:
+        """The account's logged images, oldest first (empty when none were logged)."""
+
+    @abstractmethod
     async def sybil_pairs(self, limit: int = 20) -> builtins.list[tuple[str, int]]:
         """Most frequent ``"acct_a|acct_b"`` pairs sending the same images, with counts."""
 

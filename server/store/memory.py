@@ -48,6 +48,7 @@ class MemoryStore(AccountStore):
         self._spent: dict[str, float] = {}
         self._expiry: list[tuple[float, str]] = []  # heap of (expiry, token) over _spent
         self._pairs: dict[str, int] = defaultdict(int)
+        self._qlog: dict[str, deque[bytes]] = {}
 
     async def add(self, account: Account) -> None:
         with self._lock:
@@ -206,6 +207,17 @@ class MemoryStore(AccountStore):
             stats[HISTORY_LEN] = float(len(self._history.get(account_id, ())))
             stats[COVERAGE_BITS] = float(int.from_bytes(self._bitmaps.get(account_id, b""), "big").bit_count())
             return stats
+
+    async def log_queries(self, account_id: str, images: builtins.list[bytes], keep: int) -> None:
+        with self._lock:
+            log = self._qlog.get(account_id)
+            if log is None or log.maxlen != keep:
+                log = self._qlog[account_id] = deque(log or (), maxlen=keep)
+            log.extend(images)
+
+    async def query_log(self, account_id: str) -> builtins.list[bytes]:
+        with self._lock:
+            return list(self._qlog.get(account_id, ()))
 
     async def sybil_pairs(self, limit: int = 20) -> builtins.list[tuple[str, int]]:
         with self._lock:

@@ -415,6 +415,19 @@ class RedisStore(AccountStore):
             await pipe.execute()
 
     @_unavailable
+    async def log_queries(self, account_id: str, images: builtins.list[bytes], keep: int) -> None:
+        key = f"{self._acct(account_id)}:qlog"  # the account's slot on a cluster, like its other keys
+        async with self.rb.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, *images)
+            pipe.ltrim(key, -keep, -1)
+            await pipe.execute()
+
+    @_unavailable
+    async def query_log(self, account_id: str) -> builtins.list[bytes]:
+        raw = await self.rb.lrange(f"{self._acct(account_id)}:qlog", 0, -1)
+        return [v if isinstance(v, bytes) else v.encode() for v in raw]  # rb answers bytes
+
+    @_unavailable
     async def defence_stats(self, account_id: str) -> dict[str, float]:
         key = self._acct(account_id)
         async with self.r.pipeline(transaction=False) as pipe:

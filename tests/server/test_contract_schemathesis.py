@@ -58,9 +58,9 @@ def test_every_schemathesis_check_passes(srv, tmp_path):
                    headers={"Authorization": f"Bearer {SERVER_ADMIN_TOKEN}"}, timeout=30)
     assert r.status_code == 201, r.text
     # the API key first: the admin pass may revoke any account, this one included
-    # embeddings, models, healthz, readyz, metrics; then the five admin operations
+    # embeddings, models, healthz, readyz, metrics; then the six admin operations
     _assert_clean(_st(srv.url, r.json()["api_key"], ["--exclude-path-regex", "^/v1/admin"], tmp_path), 5)
-    _assert_clean(_st(srv.url, SERVER_ADMIN_TOKEN, ["--include-path-regex", "^/v1/admin"], tmp_path), 5)
+    _assert_clean(_st(srv.url, SERVER_ADMIN_TOKEN, ["--include-path-regex", "^/v1/admin"], tmp_path), 6)
 
 
 def test_openapi_states_what_the_server_enforces(srv):

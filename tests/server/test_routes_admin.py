@@ -64,3 +64,33 @@ def test_keys_stored_only_as_hashes(victim):
     dump = json.dumps({text(k): value(k) for k in r.scan_iter(match=f"{victim.prefix}:*")})
     assert key not in dump and key[6:] not in dump
     assert hashlib.sha256(key.encode()).hexdigest() in dump
+
+
+def test_query_log_keeps_what_the_model_saw(tiny_checkpoint):
+    """A tier with ``query_log: 5`` keeps each account's last 5 served images as the model saw them
+    (decoded, resized, cropped): sent again as the returned PNGs they get the same answers. Refused
+    requests are not logged, other tiers log nothing, and the endpoint is admin-only."""
+    from shared.schemas import decode_embeddings
+    from tests.support import SERVER_TEST_CONFIG, InProcessApi
+
+    conf = {**SERVER_TEST_CONFIG, "tiers": {**SERVER_TEST_CONFIG["tiers"], "logged": {"query_log": 5}}}
+    with InProcessApi(tiny_checkpoint, conf) as api:
+        aid, key = api.new_account("logged")
+        other, other_key = api.new_account("free")
+        sent = [_img(40 + i, 48) for i in range(7)]
+        with api.client(key) as c:
+            first = c.post("/v1/embeddings", json={"input": sent[:3]})
+            second = c.post("/v1/embeddings", json={"input": sent[3:]})
+            assert first.status_code == second.status_code == 200
+            _err(c.post("/v1/embeddings", json={"input": ["not an image"]}), 422, "invalid_image")
+        with api.client(other_key) as c:
+            assert c.post("/v1/embeddings", json={"input": sent[:2]}).status_code == 200
+        _err(api.client(key).get(f"/v1/admin/accounts/{aid}/queries"), 401, "authentication_error")
+        log = api.admin.get(f"/v1/admin/accounts/{aid}/queries").json()
+        assert log["object"] == "query_log" and log["account_id"] == aid and len(log["images"]) == 5
+        assert api.admin.get(f"/v1/admin/accounts/{other}/queries").json()["images"] == []
+        _err(api.admin.get("/v1/admin/accounts/acct_nope/queries"), 404, "not_found")
+        with api.client(key) as c:
+            again = decode_embeddings(c.post("/v1/embeddings", json={"input": log["images"]}).json())
+        served = np.concatenate([decode_embeddings(first.json()), decode_embeddings(second.json())])[2:]  # the last 5
+        np.testing.assert_allclose(again, served, atol=1e-5)

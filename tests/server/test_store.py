@@ -153,3 +153,25 @@ def test_store_commit_writes_history_bitmap_gauges_atomically(store):
         assert (await store.usage(a.id)).counters["pow_challenges"] == 1
         await store.close()
     asyncio.run(go())
+
+
+def test_query_log_keeps_each_accounts_last_images(store):
+    """Raw image bytes in, the last ``keep`` per account out, oldest first; accounts apart; on a
+    cluster the log lives in the account's slot."""
+    async def go():
+        a, b = make_account("qa", "free")[0], make_account("qb", "free")[0]
+        await store.add(a)
+        await store.add(b)
+        imgs = [bytes([i]) * 3072 for i in range(7)]  # one 32 x 32 RGB image each, byte value i
+        assert await store.query_log(a.id) == []
+        await store.log_queries(a.id, imgs[:4], keep=5)
+        await store.log_queries(b.id, [imgs[6]], keep=5)
+        await store.log_queries(a.id, imgs[4:], keep=5)
+        assert await store.query_log(a.id) == imgs[2:]
+        assert await store.query_log(b.id) == [imgs[6]]
+        if hasattr(store, "r"):
+            if hasattr(store.r, "keyslot"):
+                key = f"{store._acct(a.id)}:qlog"
+                assert store.r.keyslot(key) == store.r.keyslot(f"{store._acct(a.id)}:usage")
+            await store.close()
+    run(go())
