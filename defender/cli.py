@@ -67,6 +67,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if not secret:
             raise ValueError("--owm-key needs HEIST_SERVER_SECRET: the secret the victim's server runs with")
         owm = (load_calibration(Path(args.owm_key)), secret.encode())
+    query_log = load_query_log(Path(args.query_log)) if args.query_log else None
     transform = None
     if args.obfuscate:  # testing aid: obfuscate a *local* suspect's answers (keyed by --obfuscate-seed)
         transform = make_transform(args.obfuscate, load_checkpoint(args.suspect).config.representation_dim,
@@ -77,7 +78,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                           **({"max_wait_s": args.max_wait_s, "pow_workers": args.pow_workers}
                              if str(args.suspect).startswith(("http://", "https://")) else {})) as suspect:
             rep = verify(victim, suspect, cfg, victim_name=str(args.victim), progress=not args.quiet,
-                         references=references, wm_references=wm_references, owm=owm)
+                         references=references, wm_references=wm_references, owm=owm, query_log=query_log)
     except SuspectError as e:
         print(f"heist-defend verify: suspect error (no verdict): {e}", file=sys.stderr)
         return 3
@@ -88,6 +89,26 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rep.as_dict(), indent=2, default=float))
     return 0
+
+
+def load_query_log(path: Path):
+    """An account's query log as saved from ``GET /v1/admin/accounts/{id}/queries`` (JSON: base64 PNGs)
+    -> uint8 (N, H, W, 3)."""
+    import numpy as np
+
+    from shared.images import ImageError, ImageLimits, decode_image
+    from shared.schemas import QueryLog
+
+    log = QueryLog.model_validate_json(path.read_text())
+    if not log.images:
+        raise ValueError(f"{path}: the query log of {log.account_id} is empty (is query_log set on its tier?)")
+    try:
+        images = [np.asarray(decode_image(s, i, ImageLimits(formats=("PNG",))), dtype=np.uint8) for i, s in enumerate(log.images)]
+    except ImageError as e:
+        raise ValueError(f"{path}: {e}") from None
+    if any(im.shape != (log.size, log.size, 3) for im in images):
+        raise ValueError(f"{path}: images are not all {log.size} x {log.size}")
+    return np.stack(images)
 
 
 def parse_components(v: str) -> int | str:
@@ -117,6 +138,8 @@ VERIFY_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--di-alternative", "di_alternative", {}),
     ("--di-margin", "di_margin", {"metavar": "RHO"}),
     ("--owm-decoys", "owm_decoys", {}),
+    ("--qlog-n", "qlog_n", {}),
+    ("--qlog-margin", "qlog_margin", {}),
     ("--mi-dims", "mi_dims", {}),
     ("--methods", "methods", {}),
     ("--seed", "seed", {}),
@@ -167,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--owm-key", metavar="FILE",
                    help="the output watermark's calibration file (heist-server watermark-key); the key's vectors come "
                         "from HEIST_SERVER_SECRET, which must be the victim server's")
+    v.add_argument("--query-log", metavar="FILE",
+                   help="one account's query log, saved from the victim server's GET /v1/admin/accounts/ID/queries (a tier "
+                        "with query_log); the query_log check tests whether the suspect matches the victim better on those "
+                        "images than on held-out ones")
     v.add_argument("--obfuscate", choices=["permute", "pad_shuffle", "affine"], help="(local suspects) obfuscate its answers")
     v.add_argument("--obfuscate-seed", type=int, default=1)
     v.add_argument("--pad", type=int, default=16, help="padding dimensions for --obfuscate pad_shuffle")

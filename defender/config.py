@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 DI_CANDIDATES = (1, 3, 10)
-METHODS = ("output_watermark", "watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "similarity")
+METHODS = ("output_watermark", "watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "query_log",
+           "similarity")
 
 
 class VerifyConfig(BaseModel):
@@ -50,6 +51,12 @@ class VerifyConfig(BaseModel):
     owm_decoys: int = Field(default=1000, ge=100, description=(
         "decoy keys of the output watermark: drawn like the true key from the secret and scored on the same answers, "
         "their spread is the check's null"))
+    qlog_n: int = Field(default=250, ge=20, description=(
+        "query-log inference: the account's last logged images sent to the suspect, and as many held-out images "
+        "(the last of di_public_split)"))
+    qlog_margin: float = Field(default=0.05, ge=0, lt=1, description=(
+        "query-log inference says stolen only when the suspect's median error ratio (logged / held-out) is below "
+        "every reference's by this much (below 1 - margin without references), and p < alpha"))
     mi_dims: int = Field(default=16, ge=1, description="whitened dimensions for the MI estimator")
     seed: int = Field(default=0, description=(
         "seed of the private parts, the alignment map, the GMM fits and the random-init baseline of similarity"))

@@ -5,6 +5,7 @@ The victim is the defender's own checkpoint (local); the suspect is only queried
 - public images (``align_n``): the victim's and the suspect's answers fit the alignment map and
   feed the similarity scores and the output watermark;
 - rotated private images (part B, ``wm_n`` images x the watermark's angles): the watermark;
+- with a query log: ``qlog_n`` of the account's logged images and as many held-out images;
 - private part A (``di_fit``), private part B (``di_private``), public data (``di_public`` images of
   the ``di_public_split`` split): dataset inference. Its side (``di_alternative``) is by default
   learned on the victim itself (its part A vs public-split images, no suspect queries): the
@@ -78,7 +79,7 @@ def _overall(rows: list[Verdict], checks: list[Check], cfg: VerifyConfig) -> tup
 def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None, victim_name: str = "victim",
            progress: bool = False, references: dict[str, Checkpoint] | None = None,
            wm_references: dict[str, Checkpoint] | None = None,
-           owm: tuple[WatermarkCalibration, bytes] | None = None) -> VerifyReport:
+           owm: tuple[WatermarkCalibration, bytes] | None = None, query_log: np.ndarray | None = None) -> VerifyReport:
     """Run the checks of ``cfg.methods`` on ``suspect``.
 
     ``references``: the defender's own encoders that never saw the private data (e.g. trained on
@@ -88,6 +89,7 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
     chance level is the highest accuracy the victim's predictor reaches on a reference's aligned
     answers instead of 50% (:func:`defender.checks.watermark.chance_level`).
     ``owm``: the output watermark's calibration and the server secret (``output_watermark`` check).
+    ``query_log``: one account's logged queries, uint8 (N, H, W, 3) (``query_log`` check).
     """
     cfg = cfg or VerifyConfig()
     unknown = set(cfg.methods) - set(METHODS)
@@ -96,7 +98,7 @@ def verify(victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig | None = None
     t0 = time.perf_counter()
     checks = [c for c in CHECKS if c.name in cfg.methods]
     ctx = Context(victim, suspect, cfg, needs=set().union(*(c.needs for c in checks)), references=references or {},
-                  encode=_encode, progress=progress, wm_references=wm_references, owm=owm)
+                  encode=_encode, progress=progress, wm_references=wm_references, owm=owm, query_log=query_log)
     rows = [row for check in checks for row in check.run(ctx)]
     overall, rule = _overall(rows, checks, cfg)
     queries = {"needed": ctx.need, "needed_total": int(sum(ctx.need.values())), "sent": suspect.queries,

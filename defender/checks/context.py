@@ -50,10 +50,14 @@ class Context:
     def __init__(self, victim: Checkpoint, suspect: Suspect, cfg: VerifyConfig, needs: Iterable[str], *,
                  references: dict[str, Checkpoint], encode: Encode, progress: bool = False,
                  wm_references: dict[str, Checkpoint] | None = None,
-                 owm: tuple[WatermarkCalibration, bytes] | None = None) -> None:
+                 owm: tuple[WatermarkCalibration, bytes] | None = None, query_log: np.ndarray | None = None) -> None:
         self.victim, self.suspect, self.cfg, self.references = victim, suspect, cfg, references
         self.wm_references = wm_references or {}
         self.owm = owm  # the output watermark's calibration and the server secret its key comes from
+        self.query_log = query_log  # one account's logged queries, uint8 (N, H, W, 3) (query_log check)
+        if query_log is not None and query_log.shape[1:] != (victim.config.input_size, victim.config.input_size, 3):
+            raise ValueError(f"the query log holds {query_log.shape[1:]} images, the victim takes "
+                             f"{victim.config.input_size} x {victim.config.input_size} x 3")
         self.encode, self.progress = encode, progress
         self.needs = frozenset(needs)
         self.need: dict[str, int] = {}

@@ -305,9 +305,11 @@ def test_cli_verify_local_writes_reports(zoo, tmp_path):
     assert "overall: INDEPENDENT" in r.stdout and "dataset_inference" in r.stdout
     rep = json.loads((out / "verify.json").read_text())
     assert {row["method"] for row in rep["rows"]} == {"similarity", "output_watermark", "watermark", "watermark_aligned",
-                                                   "dataset_inference", "dataset_inference_aligned"}
+                                                   "dataset_inference", "dataset_inference_aligned", "query_log"}
     owm = next(row for row in rep["rows"] if row["method"] == "output_watermark")
     assert owm["verdict"] == "n/a" and "--owm-key" in owm["detail"]["reason"]  # no key given: not part of the verdict
+    qlog = next(row for row in rep["rows"] if row["method"] == "query_log")
+    assert qlog["verdict"] == "n/a" and "--query-log" in qlog["detail"]["reason"]  # no log given, no query
     di = next(row for row in rep["rows"] if row["method"] == "dataset_inference")
     cal = di["detail"]["calibration_on_victim"]  # components and side picked on the victim alone
     assert cal["components"] in (1, 3, 10) and set(cal["t_by_components"]) == {"1", "3", "10"}
@@ -408,3 +410,84 @@ def test_watermark_references_set_the_chance_level(zoo):
     # a reference that reads as well as the victim raises the bar above the victim's own accuracy
     high = verify(victim, LocalSuspect(zoo["paths"]["victim"]), CFG, wm_references={"victim-as-reference": victim})
     assert high.row("watermark_aligned").detail["chance"] > 0.75 and high.row("watermark_aligned").verdict == "independent"
+
+
+def _distilled(victim: Checkpoint, images: np.ndarray, steps: int, seed: int) -> Checkpoint:
+    """The victim's stem and layer1-2 with layer3-4 re-initialised and distilled by MSE on
+    ``images`` (full batch): a copy that fits its images far better than it generalises."""
+    copy_ = copy.deepcopy(victim)
+    copy_.config = victim.config.model_copy(update={"kind": "stolen", "watermark": None})
+    copy_.watermark = None
+    b = copy_.encoder.backbone
+    torch.manual_seed(seed)
+    for layer in (b.layer3, b.layer4):
+        for m in layer.modules():
+            if hasattr(m, "reset_parameters") and m is not layer:
+                m.reset_parameters()
+    with torch.no_grad():
+        x = (to_float(torch.from_numpy(images)) - copy_.encoder.mean) / copy_.encoder.std
+        h = b.layer2(b.layer1(b.relu(b.bn1(b.conv1(x)))))
+        target = _layer4(victim, victim.encoder.backbone.layer3(h))
+    params = [*b.layer3.parameters(), *b.layer4.parameters()]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    b.layer3.train()
+    b.layer4.train()
+    for _ in range(steps):
+        loss = F.mse_loss(_layer4(copy_, b.layer3(h)), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return copy_.eval()
+
+
+def test_query_log_flags_the_copy_of_the_logged_account(zoo, tmp_path):
+    """A copy distilled to convergence on one account's 80 bought images (as a thief trains for
+    many epochs on few queries) matches the victim better on them than on held-out test images,
+    also behind an affine obfuscation; with another account's log, and for the victim and the
+    independent encoder, nothing. The log file is the admin endpoint's JSON, read back to the
+    same pixels. (The module's 60-step copy of 250 images has not fitted its images: ratio 0.91.)"""
+    from defender.cli import load_query_log
+    from shared.images import encode_image
+    from shared.schemas import QueryLog
+
+    victim = zoo["victim"]
+    attack = load_split(SPEC, "attack", progress=False).images
+    bought, other = attack[:80], attack[80:160]
+    thief = LocalSuspect(_distilled(victim, bought, steps=600, seed=7), name="copy of 80")
+    path = tmp_path / "log.json"
+    path.write_text(QueryLog(account_id="acct_x", size=bought.shape[1], images=[encode_image(im) for im in bought]).model_dump_json())
+    log = load_query_log(path)
+    assert np.array_equal(log, bought)
+    cfg = CFG.model_copy(update={"methods": ("query_log",), "qlog_n": 80})
+    dim = victim.config.representation_dim
+    for name, suspect in (("copy", thief),
+                          ("copy+affine", LocalSuspect(thief.ckpt, transform=make_transform("affine", dim, np.random.default_rng(5)))),
+                          ("copy+pad_shuffle", LocalSuspect(thief.ckpt, transform=make_transform(
+                              "pad_shuffle", dim, np.random.default_rng(6), pad=8)))):
+        rep = verify(victim, suspect, cfg, query_log=log)
+        row = rep.row("query_log")
+        # measured: ratio 0.29 (p 3e-21), 0.35 affine, 0.37 pad_shuffle; the others 1.06-1.26
+        assert row.verdict == "stolen" and row.p_value < 1e-6 and row.value < 0.5, (name, row)
+        assert rep.overall == "stolen" and rep.queries["needed"]["query log + held-out"] == 160
+    for name, suspect, images in (("victim", LocalSuspect(zoo["paths"]["victim"]), log),
+                                  ("independent", LocalSuspect(zoo["paths"]["independent"]), log),
+                                  ("copy, another account's log", thief, other)):
+        row = verify(victim, suspect, cfg, query_log=images).row("query_log")
+        assert row.verdict == "independent", (name, row)
+    assert verify(victim, thief, cfg).row("query_log").verdict == "n/a"  # no log given
+
+
+def test_query_log_decision_needs_the_references_margin():
+    """``material``: the ratio must be below every reference's ratio (or 1) by qlog_margin."""
+    from defender.checks.base import Verdict
+    from defender.checks.query_log import QueryLogCheck, log_test
+
+    rng = np.random.default_rng(0)
+    ratio, p = log_test(rng.gamma(4, 0.05, 300), rng.gamma(4, 0.1, 300))
+    assert ratio < 0.6 and p < 1e-10
+    ratio, p = log_test(rng.gamma(4, 0.1, 300), rng.gamma(4, 0.1, 300))
+    assert 0.8 < ratio < 1.25 and p > 1e-3
+    check, cfg = QueryLogCheck(), VerifyConfig()
+    assert check.material(Verdict("query_log", "r", 0.5, 1e-9, "", {"bar": 0.95}), cfg)
+    assert not check.material(Verdict("query_log", "r", 0.5, 1e-9, "", {"bar": 0.45}), cfg)  # a reference did as well
+    assert not check.material(Verdict("query_log", "r", None, None, "", {}), cfg)
