@@ -25,6 +25,7 @@ runs/di/victim --out zoo_di``; see docs/defender.md).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -34,10 +35,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench.harness import command, output, results_dir, table, write_json
+from defender.cli import load_query_log
 from shared.proc import run as run_child
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs"
+QUERY_LOG = "query_log.json"  # a copy's account log, saved by --steal --query-log from the admin endpoint
 
 
 def _p(x: float | None) -> str:
@@ -51,21 +54,27 @@ def steal_all(args: argparse.Namespace) -> None:
 
     spec = read_config(args.victim).data_spec()
     data = ["--dataset", spec.dataset, "--data-seed", str(spec.seed), *([] if spec.root is None else ["--data-root", spec.root])]
-    with serve(args.victim, {"tiers": {"unlimited": {"outputs": ["representation", "projection"]}}},
-               log_path=results_dir() / "zoo-server.log") as srv:
+    tier = {"outputs": ["representation", "projection"], "query_log": args.query_log}
+    with serve(args.victim, {"tiers": {"unlimited": tier}}, log_path=results_dir() / "zoo-server.log") as srv:
         key = srv.new_account("zoo-attacker", "unlimited")
         for loss in args.losses:
             for n in args.budgets:
                 out = args.runs / f"stolen-{loss}-{n}"
                 if (out / "config.json").exists():
                     continue
+                cache = args.runs / "steal-cache"
+                if args.query_log:  # one account and one cache per copy: every query reaches the server and its log
+                    key, cache = srv.new_account(f"zoo-{loss}-{n}", "unlimited"), args.runs / f"steal-cache-{loss}-{n}"
+                epochs = max(args.epochs, -(-args.min_steps // max(1, n // args.batch_size)))  # as bench.attack_table
                 cmd = ["heist-attack", "steal", "--url", srv.url, "--queries", str(n), "--loss", loss,
-                       "--query-set", "attack", "--arch", "resnet18", "--width", "16", "--epochs", str(args.epochs),
-                       "--out", str(out), "--cache", str(args.runs / "steal-cache"), "--no-eval", *data,
+                       "--query-set", "attack", "--arch", "resnet18", "--width", "16", "--epochs", str(epochs),
+                       "--batch-size", str(args.batch_size), "--out", str(out), "--cache", str(cache), "--no-eval", *data,
                        *shlex.split(args.steal_args)]
                 print("$", " ".join(cmd), flush=True)
                 run_child([sys.executable, "-m", "attacker.cli", *cmd[1:]], cwd=REPO, check=True,
                                env={**os.environ, "HEIST_API_KEYS": key})
+                if args.query_log:  # what the provider kept of this account's traffic
+                    (out / QUERY_LOG).write_text(json.dumps(srv.query_log(f"zoo-{loss}-{n}")))
 
 
 def suspects(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
@@ -103,7 +112,7 @@ def plot(rows: list[dict], alpha: float, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     methods = [("watermark_aligned", "aligned watermark"), ("dataset_inference", "DI"),
-               ("dataset_inference_aligned", "aligned DI")]
+               ("dataset_inference_aligned", "aligned DI"), ("query_log", "query log")]
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 0.32 * len(rows) + 1.5), sharey=True)
     y = np.arange(len(rows))
     colours = ["tab:red" if r["truth"] == "stolen" else "tab:blue" for r in rows]
@@ -136,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--losses", nargs="+", default=["mse", "infonce", "softnn"])
     ap.add_argument("--budgets", nargs="+", type=int, default=[2000, 8000])
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=64, help="heist-attack steal --batch-size")
+    ap.add_argument("--min-steps", type=int, default=0, help="more epochs for a small budget: at least this many "
+                    "optimizer steps per copy (bench.attack_table's --min-steps)")
     ap.add_argument("--steal-args", default="", metavar="ARGS",
                     help="more heist-attack steal options for --steal, e.g. \"--data-seed 3 --seed 1 --threads 1\" (other "
                          "query images: the data seed's attack split)")
@@ -153,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--di-margin", type=float, default=0.1, metavar="RHO",
                     help="dataset inference against a smallest effect of interest: RHO x the victim's own effect "
                          "(verify --di-margin, same default; 0: the paper's zero-effect test)")
+    ap.add_argument("--query-log", type=int, default=0, metavar="N",
+                    help="with --steal: the tier keeps each account's last N images and every copy gets its own account "
+                         "and cache; its log is saved beside it (query_log.json). Then every copy with a log is verified "
+                         "with it, every other suspect with --investigate's log, and each independent (plain) against "
+                         "every log (query-log inference only)")
+    ap.add_argument("--investigate", default=None, metavar="COPY",
+                    help="the copy whose account log the victim and the independents are verified with (default: the "
+                         "last copy with a log)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -172,16 +192,22 @@ def main(argv: list[str] | None = None) -> int:
     references = {str(p): load_checkpoint(p) for p in args.di_reference}
     wm_references = {str(p): load_checkpoint(p) for p in args.wm_reference}
     todo, missing = suspects(args)
+    logs = {s["name"]: load_query_log(Path(s["path"]) / QUERY_LOG) for s in todo
+            if not s.get("obfuscation") and (Path(s["path"]) / QUERY_LOG).is_file()}
+    investigated = args.investigate or (list(logs)[-1] if logs else None)
     rows, ref_tests = [], {}
     for s in tqdm(todo, desc="zoo", unit="suspect"):
         t = None
         if s.get("obfuscation"):
             t = make_transform(s["obfuscation"], load_checkpoint(s["path"]).config.representation_dim,
                                np.random.default_rng(s["obfuscation_seed"]), pad=16)
+        base = s["name"].split("+")[0]
+        log_of = base if base in logs else investigated
         rep = verify(victim, LocalSuspect(s["path"], transform=t, name=s["name"]), cfg, victim_name=str(args.victim),
-                     references=references, wm_references=wm_references)
+                     references=references, wm_references=wm_references, query_log=logs.get(log_of) if log_of else None)
         r = {k: str(v) if isinstance(v, Path) else v for k, v in s.items()}
-        for m in ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "similarity"):
+        r["query_log_of"] = log_of
+        for m in ("watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "query_log", "similarity"):
             row = rep.row(m)
             r[m] = {"value": row.value, "p": row.p_value, "verdict": row.verdict,
                     "raw": [row.detail.get("t_uncalibrated"), row.detail.get("p_uncalibrated")],
@@ -195,7 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(f"{s['name']:32s} truth={s['truth']:11s} overall={rep.overall:11s} "
                    f"wm={r['watermark']['value'] if r['watermark']['value'] is not None else float('nan'):.3f} "
                    f"wm_al={r['watermark_aligned']['value']:.3f} (p={_p(r['watermark_aligned']['p'])}) "
-                   f"DI p={_p(r['dataset_inference']['p'])} DI_al p={_p((r['dataset_inference_aligned'] or {}).get('p'))}")
+                   f"DI p={_p(r['dataset_inference']['p'])} DI_al p={_p((r['dataset_inference_aligned'] or {}).get('p'))} "
+                   f"qlog p={_p((r['query_log'] or {}).get('p'))}")
+    qlog_null = []  # each independent against every account's log: query-log inference's false alarms
+    qcfg = cfg.model_copy(update={"methods": ("query_log",)})
+    for s in (s for s in todo if s["truth"] == "independent" and not s.get("obfuscation")):
+        for name, log in logs.items():
+            row = verify(victim, LocalSuspect(s["path"], name=s["name"]), qcfg, references=references,
+                         wm_references=wm_references, query_log=log).row("query_log")
+            qlog_null.append({"suspect": s["name"], "log": name, "ratio": row.value, "p": row.p_value, "verdict": row.verdict})
 
     def cell(r: dict, m: str) -> str:
         x = r[m]
@@ -207,12 +241,13 @@ def main(argv: list[str] | None = None) -> int:
 
     tab = [{"suspect": r["name"], "truth": r["truth"], "watermark (acc / p)": cell(r, "watermark"),
             "aligned watermark": cell(r, "watermark_aligned"), "DI (t / p)": cell(r, "dataset_inference"),
-            "aligned DI (t / p)": cell(r, "dataset_inference_aligned"),
+            "aligned DI (t / p)": cell(r, "dataset_inference_aligned"), "query log (ratio / p)": cell(r, "query_log"),
             "MI norm": f"{r['similarity']['value']:.3f}" if r["similarity"]["value"] is not None else "n/a",
             "overall": r["overall"]} for r in rows]
-    cols = ["suspect", "truth", "watermark (acc / p)", "aligned watermark", "DI (t / p)", "aligned DI (t / p)", "MI norm", "overall"]
+    cols = ["suspect", "truth", "watermark (acc / p)", "aligned watermark", "DI (t / p)", "aligned DI (t / p)",
+            "query log (ratio / p)", "MI norm", "overall"]
     conf: dict[str, dict[str, dict[str, int]]] = {}
-    for method in ("watermark_aligned", "dataset_inference", "dataset_inference_aligned", "overall"):
+    for method in ("watermark_aligned", "dataset_inference", "dataset_inference_aligned", "query_log", "overall"):
         c = {t: {"stolen": 0, "independent": 0} for t in ("stolen", "independent")}
         for r in rows:
             v = r["overall"] if method == "overall" else (r[method] or {}).get("verdict")
@@ -235,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         for t in ("stolen", "independent"):
             conf_lines.append(f"  {t:11s}                   {c[t]['stolen']:6d}  {c[t]['independent']:11d}")
     print("\n".join(conf_lines))
+    if qlog_null:
+        print(table([{**q, "ratio": f"{q['ratio']:.3f}", "p": _p(q["p"])} for q in qlog_null],
+                    ["suspect", "log", "ratio", "p", "verdict"]))
     if missing:
         print("missing suspects:\n  " + "\n  ".join(missing))
     if ref_tests:  # the references' own raw DI tests on the private rows (the same for every suspect)
@@ -242,12 +280,17 @@ def main(argv: list[str] | None = None) -> int:
     cmd = command("bench.zoo", argv)
     path = write_json(args.area, args.out, {"command": cmd, "config": cfg.model_dump(), "references": ref_tests,
                                             "wm_references": [str(p) for p in args.wm_reference], "rows": rows,
-                                            "confusion": conf, "missing": missing})
+                                            "confusion": conf, "missing": missing, "query_log_investigated": investigated,
+                                            "query_log_null": qlog_null})
     print(f"wrote {plot(rows, cfg.alpha, output(args.area, args.out + '.png'))}")
     md = ["# Defender model zoo", "", f"`nice -n 10 {cmd}`", "",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(str(t[c]) for c in cols) + " |" for t in tab]
     md += ["", "## Confusion (truth x verdict)", "", "```", *conf_lines, "```", ""]
+    if qlog_null:
+        md += ["## Query-log inference on the independents, against every account's log", "",
+               "| independent | log of | ratio | p | verdict |", "|---|---|---|---|---|",
+               *[f"| {q['suspect']} | {q['log']} | {q['ratio']:.3f} | {_p(q['p'])} | {q['verdict']} |" for q in qlog_null], ""]
     margin = next((r["dataset_inference"]["margin"] for r in rows if (r["dataset_inference"] or {}).get("margin")), None)
     if margin:
         md += ["## Smallest effect of interest", "",

@@ -102,6 +102,10 @@ class Server:
         """Admin view of an account's defence state: coverage, sigma, similar hits, PoW bits."""
         return self._admin_get(f"/v1/admin/accounts/{self.ids[name]}/defences")
 
+    def query_log(self, name: str) -> dict:
+        """Admin view of an account's query log (its tier's ``query_log``): base64 PNGs, oldest first."""
+        return self._admin_get(f"/v1/admin/accounts/{self.ids[name]}/queries")
+
     def _admin_get(self, path: str) -> dict:
         r = httpx.get(self.url + path, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=30)
         r.raise_for_status()

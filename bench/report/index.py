@@ -61,6 +61,8 @@ INDEX: list[tuple[str, str, str]] = [
     ("defender/zoo_di12b.json", "model zoo of record, round 2 (confirmatory)", "bench.zoo"),
     ("defender/zoo_mnist5k.json", "model zoo of the real-digit victim: copies and independents, verdicts and p-values",
      "bench.zoo"),
+    ("defender/zoo_mnist5k_qlog.json", "the real-digit zoo stolen through a tier with a query log, one account per copy: "
+     "query-log inference next to the other checks, and each independent against every account's log", "bench.zoo"),
     ("defender/zoo_mnist5k_ref.json", "the same zoo with the watermarks' chance level measured on two unwatermarked "
      "reference encoders (--wm-reference)", "bench.zoo"),
     ("defender/zoo_*.md", "the zoo's table and confusion", "bench.zoo"),

@@ -16,7 +16,8 @@ from bench.report.common import REPO, load, md_table, pct, results_dir, src
 BENCHES = {"heist-shapes": "procedural shapes", "mnist5k": "real MNIST digits (mnist5k)"}
 STEAL = {"heist-shapes": "attack/attack_table", "mnist5k": "attack/attack_table_mnist5k"}
 TRADEOFF = {"heist-shapes": ["attack/tradeoff", "attack/tradeoff_thieves"], "mnist5k": ["attack/tradeoff_mnist5k"]}
-ZOO = {"heist-shapes": ["defender/zoo_di12"], "mnist5k": ["defender/zoo_mnist5k", "defender/zoo_mnist5k_ref"]}
+ZOO = {"heist-shapes": ["defender/zoo_di12"],
+       "mnist5k": ["defender/zoo_mnist5k", "defender/zoo_mnist5k_ref", "defender/zoo_mnist5k_qlog"]}
 VICTIMS = {"heist-shapes": "assets/victim-cpu", "mnist5k": "assets/victim-cpu-mnist5k"}  # their reports: random init
 LOSSES = ("mse", "infonce", "softnn")
 POLICIES = ("none", "noise", "similar", "b4b", "pow", "all")
@@ -109,7 +110,7 @@ def _zoo_rows() -> tuple[list[list[str]], dict[str, dict]]:
                 right = sum(r["overall"] == truth for r in g)
                 f[(label, truth)] = (right, len(g))
         methods = {}
-        for m in ("watermark_aligned", "dataset_inference"):
+        for m in ("watermark_aligned", "dataset_inference", "query_log"):
             got = [(r["truth"], (r.get(m) or {}).get("verdict")) for r in z["rows"]]
             methods[m] = (sum(t == v for t, v in got), sum(v in ("stolen", "independent") for _, v in got))
         copies = sum(r["truth"] == "stolen" and r["name"] != "victim" for r in plain)
@@ -118,9 +119,10 @@ def _zoo_rows() -> tuple[list[list[str]], dict[str, dict]]:
         chance = "references' level" if refs else "50%"
         missed = sorted({r["group"] for r in z["rows"] if r["truth"] == "stolen" and r["overall"] != "stolen"},
                         key=lambda g: (len(g), g))  # plain or obfuscated
-        rows.append([BENCHES[bench], f"{copies} copies, {indep} independents; watermark chance {chance}",
+        logs = " ; query logs" if z.get("query_log_investigated") else ""
+        rows.append([BENCHES[bench], f"{copies} copies, {indep} independents; watermark chance {chance}{logs}",
                      *[f"{f[(lab, t)][0]}/{f[(lab, t)][1]}" for lab in ("plain", "obfuscated") for t in ("stolen", "independent")],
-                     *[f"{a}/{b}" for a, b in methods.values()], ", ".join(missed) or "none"])
+                     *[f"{a}/{b}" if b else "-" for a, b in methods.values()], ", ".join(missed) or "none"])
         facts[bench] = {"copies": copies, "indep": indep, "f": f, "command": z.get("command"), "missed": missed}
     return rows, facts
 
@@ -229,7 +231,7 @@ every class and the thief's volume):
 **Ownership** (overall verdict right / suspects, and per check right / decided over all suspects):
 
 {md_table(["benchmark", "zoo", "copies (and the victim) flagged", "independents cleared", "obfuscated copies flagged",
-           "obfuscated independents cleared", "aligned watermark", "dataset inference",
+           "obfuscated independents cleared", "aligned watermark", "dataset inference", "query-log inference",
            "groups with a copy missed"], zrows)}
 
 **Findings** (each verdict computed from the tables above):
