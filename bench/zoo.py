@@ -226,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     qlog_null = []  # each independent against every account's log: query-log inference's false alarms
     qcfg = cfg.model_copy(update={"methods": ("query_log",)})
     for s in (s for s in todo if s["truth"] == "independent" and not s.get("obfuscation")):
+        suspect = LocalSuspect(s["path"], name=s["name"])  # one per independent: the held-out images are encoded once
         for name, log in logs.items():
-            row = verify(victim, LocalSuspect(s["path"], name=s["name"]), qcfg, references=references,
-                         wm_references=wm_references, query_log=log).row("query_log")
+            row = verify(victim, suspect, qcfg, references=references, wm_references=wm_references,
+                         query_log=log).row("query_log")
             qlog_null.append({"suspect": s["name"], "log": name, "ratio": row.value, "p": row.p_value, "verdict": row.verdict})
 
     def cell(r: dict, m: str) -> str:

@@ -193,9 +193,9 @@ def preprocess(inputs: list[str], size: int, limits: ImageLimits, device: Device
             deferred.append((i, raw, img))
         else:
             out[i] = resize_center_crop(load_rgb(img, i), size)
-    if deferred:
+    if device is not None and deferred:
         try:
-            out[[i for i, _, _ in deferred]] = device.decode([raw for _, raw, _ in deferred])  # type: ignore[union-attr]
+            out[[i for i, _, _ in deferred]] = device.decode([raw for _, raw, _ in deferred])
         except RuntimeError:  # the device refused a file: Pillow decodes them all and names the bad one
             for i, _, img in deferred:
                 out[i] = resize_center_crop(load_rgb(img, i), size)

@@ -65,7 +65,8 @@ def api() -> str:
     verdict = (f"**The 85% target is met at concurrency {' and '.join(met)}.**" if met
                else "The 85% target is not met in this run.")
     gil = {(r["switch_ms"], r["forward"]): r["kept"] for r in g["rows"]}
-    pf = {(r["malloc"], r["next_to_decoding"]): r for r in load("serving/page_faults")["rows"]}
+    faults = load("serving/page_faults")
+    pf = {(r["malloc"], r["next_to_decoding"]): r for r in faults["rows"]}
     httpx_cpu = " / ".join(f"{r['api']['client_cpu']:.2f}" for r in h["rows"] if r["concurrency"] > 1)
     return f"""## API throughput
 
@@ -98,7 +99,7 @@ What keeps the server close to the in-process forward pass ([docs/api.md](api.md
 - **Freed memory stays in the process.** With glibc's defaults a forward pass may map its
   activations afresh and fault them in, depending on where the process's earlier allocations left
   malloc's thresholds, which varies from run to run. `python -m bench.page_faults`
-  ({src("serving/page_faults.json")}, one child process per setting, medians of {load("serving/page_faults")["rounds"]}
+  ({src("serving/page_faults.json")}, one child process per setting, medians of {faults["rounds"]}
   rounds): a batch-64 forward takes {pf[("default", False)]["faults_per_forward"]:,} page faults and spends
   {pf[("default", False)]["kernel_share"]} of its time in the kernel; with `malloc_retain` (default on: `shared.malloc`, glibc's mmap and trim
   thresholds at 1 GiB) it takes {pf[("retain", False)]["faults_per_forward"]:,} and runs
