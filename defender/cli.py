@@ -95,11 +95,17 @@ def load_query_log(path: Path):
     """An account's query log as saved from ``GET /v1/admin/accounts/{id}/queries`` (JSON: base64 PNGs)
     -> uint8 (N, H, W, 3)."""
     import numpy as np
+    from pydantic import ValidationError
 
     from shared.images import ImageError, ImageLimits, decode_image
     from shared.schemas import QueryLog
 
-    log = QueryLog.model_validate_json(path.read_text())
+    if not path.is_file():
+        raise ValueError(f"query log {path} not found (save it from GET /v1/admin/accounts/ID/queries)")
+    try:
+        log = QueryLog.model_validate_json(path.read_text())
+    except ValidationError as e:
+        raise ValueError(f"{path} is not a query log (GET /v1/admin/accounts/ID/queries): {e}") from None
     if not log.images:
         raise ValueError(f"{path}: the query log of {log.account_id} is empty (is query_log set on its tier?)")
     try:
