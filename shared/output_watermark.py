@@ -7,15 +7,20 @@ function of the representation it copies). All math here works in the *standardi
 victim's per-dimension mean and standard deviation on calibration images).
 
 A key holds K pairs (WARDEN's several directions) of keyed unit vectors: a region normal ``u_k``
-and a target ``t_k``. For ``p_k = <z, u_k>`` the mark's weight is
+and a target ``t_k``. Targets lie in the victim's top principal directions; region normals are
+isotropic (``region_space="isotropic"``, the default) or drawn like the targets
+(``"principal"``: copies learn region membership better there, and customers lose more at the
+same strength, ``bench.owm_design``). For ``p_k = <z, u_k>`` the mark's weight is
 
     w_k = strength * clip((p_k - lo_k) / (hi_k - lo_k), 0, 1)
 
 with ``lo_k`` the (1 - rate) and ``hi_k`` the (1 - rate / 2) quantile of ``p_k`` on calibration
 images: about ``rate`` of natural inputs per direction are marked, half of them fully. The answer
 becomes ``m = (1 - sum_k w_k) z + sum_k w_k t_k``, rescaled to the standardised norm of ``y`` and
-mapped back to the raw space. The mark depends only on the image (not the account), so every
-account and every sybil sees the same mark.
+mapped back to the raw space. After the rescaling this equals a move ``z + sum_k w_k t_k / (1 -
+sum_k w_k)`` along the targets: a mix toward the target and a move along it differ only in how
+strength is counted. The mark depends only on the image (not the account), so every account and
+every sybil sees the same mark.
 
 Verification (:func:`watermark_scores`, :func:`key_statistics`): on images nobody chose by the
 key, a linear map from the victim's principal coordinates to the suspect's answers is fitted on the
@@ -46,6 +51,7 @@ PURPOSE = "output-watermark"
 TRUE_LABEL = "key"
 DIRECTIONS = 8  # default K of a key (heist-server watermark-key, the demo, bench.owm)
 RATE = 0.05  # default share of natural inputs each direction marks
+REGION_SPACES = ("isotropic", "principal")  # where region normals are drawn (module docstring)
 
 
 class WatermarkCalibration(BaseModel):
@@ -63,6 +69,8 @@ class WatermarkCalibration(BaseModel):
     basis: tuple[tuple[float, ...], ...] = Field(description=(
         "the top principal directions of the standardised clean answers (rows, unit); targets are drawn inside them"))
     basis_sd: tuple[float, ...] = Field(description="the standard deviation along each basis direction")
+    region_space: Literal["isotropic", "principal"] = Field(
+        default="isotropic", description="region normals: isotropic, or inside the basis like the targets")
     fingerprint: str = Field(description="HMAC of the server secret: a key used with another secret is refused")
     calibrated_on: dict = Field(default_factory=dict)
 
@@ -82,6 +90,10 @@ class WatermarkCalibration(BaseModel):
 
     def target_basis(self) -> np.ndarray:
         return scaled_basis(np.asarray(self.basis, np.float32), np.asarray(self.basis_sd, np.float32))
+
+    def keys(self, secret: bytes, labels: list[str]) -> Keys:
+        """The keys of ``labels`` (``TRUE_LABEL`` and decoys) this calibration's secret and spaces give."""
+        return draw_keys(secret, self.dim, self.directions, labels, self.target_basis(), self.region_space)
 
 
 def scaled_basis(basis: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -117,19 +129,26 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def draw_keys(secret: bytes, dim: int, directions: int, labels: list[str], target_basis: np.ndarray) -> Keys:
+def draw_keys(secret: bytes, dim: int, directions: int, labels: list[str], target_basis: np.ndarray,
+              region_space: str = "isotropic") -> Keys:
     """One key per label (the true key is ``TRUE_LABEL``; decoys are any other labels), from the secret.
 
-    Region normals are isotropic; targets are Gaussian combinations of ``target_basis`` rows (the
-    victim's principal directions scaled by their spread, :meth:`WatermarkCalibration.target_basis`),
+    Region normals are isotropic, or with ``region_space="principal"`` drawn like the targets.
+    Targets are Gaussian combinations of ``target_basis`` rows (the victim's principal directions
+    scaled by their spread, :meth:`WatermarkCalibration.target_basis`),
     so that a mark moves answers the way natural answers vary: a map fitted on unmarked answers
     (an obfuscation's inverse, the defender's alignment) carries it along instead of projecting it
     away."""
+    if region_space not in REGION_SPACES:
+        raise ValueError(f"unknown region space {region_space!r}; choose one of {', '.join(REGION_SPACES)}")
     regions = np.empty((len(labels), directions, dim), np.float32)
     targets = np.empty_like(regions)
     for i, label in enumerate(labels):
         rng = keyed_rng(secret, PURPOSE, label, str(dim), str(directions))
-        regions[i] = _unit(rng.standard_normal((directions, dim)))
+        if region_space == "isotropic":
+            regions[i] = _unit(rng.standard_normal((directions, dim)))
+        else:
+            regions[i] = _unit(rng.standard_normal((directions, len(target_basis))).astype(np.float32) @ target_basis)
         targets[i] = _unit(rng.standard_normal((directions, len(target_basis))).astype(np.float32) @ target_basis)
     return Keys(regions, targets)
 
@@ -157,7 +176,7 @@ def ramp(proj: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def calibrate(reps: np.ndarray, secret: bytes, directions: int = DIRECTIONS, rate: float = RATE, rank: int = 32,
-              calibrated_on: dict | None = None) -> WatermarkCalibration:
+              calibrated_on: dict | None = None, region_space: str = "isotropic") -> WatermarkCalibration:
     """The calibration of the secret's key on the victim's clean representations of natural images
     (targets inside the top ``rank`` principal directions of the standardised answers)."""
     reps = np.asarray(reps, np.float32)
@@ -169,11 +188,12 @@ def calibrate(reps: np.ndarray, secret: bytes, directions: int = DIRECTIONS, rat
     _, sv, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
     r = min(rank, len(sv))
     basis, basis_sd = vt[:r], sv[:r] / np.sqrt(len(z))
-    key = draw_keys(secret, reps.shape[1], directions, [TRUE_LABEL], scaled_basis(basis, basis_sd))
+    key = draw_keys(secret, reps.shape[1], directions, [TRUE_LABEL], scaled_basis(basis, basis_sd), region_space)
     lo, hi = ramp_bounds(z @ key.regions[0].T, rate)
     return WatermarkCalibration(dim=reps.shape[1], directions=directions, rate=rate, center=tuple(map(float, center)),
                                 scale=tuple(map(float, scale)), lo=tuple(map(float, lo)), hi=tuple(map(float, hi)),
                                 basis=tuple(tuple(map(float, b)) for b in basis), basis_sd=tuple(map(float, basis_sd)),
+                                region_space=region_space,
                                 fingerprint=fingerprint(secret), calibrated_on=calibrated_on or {"n": len(reps)})
 
 
@@ -191,7 +211,7 @@ class Marker:
                              "recalibrate it with this secret")
         if not 0 < self.strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
-        key = draw_keys(self.secret, self.cal.dim, self.cal.directions, [TRUE_LABEL], self.cal.target_basis())
+        key = self.cal.keys(self.secret, [TRUE_LABEL])
         self.regions, self.targets = key.regions[0], key.targets[0]
         self.center = np.asarray(self.cal.center, np.float32)
         self.scale = np.asarray(self.cal.scale, np.float32)
@@ -303,11 +323,9 @@ def watermark_scores(suspect: np.ndarray, clean: np.ndarray, secret: bytes, cal:
     if decoys < 100:
         raise ValueError("at least 100 decoy keys are needed for the null")
     center, scale = np.asarray(cal.center, np.float32), np.asarray(cal.scale, np.float32)
-    basis = cal.target_basis()
-    true = draw_keys(secret, cal.dim, cal.directions, [TRUE_LABEL], basis)
+    true = cal.keys(secret, [TRUE_LABEL])
     per = key_statistics(suspect, clean, cal, true, ridge)[0]
-    null = key_statistics(suspect, clean, cal, draw_keys(secret, cal.dim, cal.directions, decoy_labels(decoys), basis),
-                          ridge).mean(1)
+    null = key_statistics(suspect, clean, cal, cal.keys(secret, decoy_labels(decoys)), ridge).mean(1)
     stat = float(per.mean())
     mu, sd = float(null.mean()), float(null.std(ddof=1))
     z = (stat - mu) / sd if sd > 0 else 0.0

@@ -3,6 +3,8 @@ test behind alignment, on a synthetic representation cloud."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -111,3 +113,32 @@ def test_scores_refuse_too_few_images_or_decoys(cal):
         ow.watermark_scores(z[:300], z, SECRET, cal)
     with pytest.raises(ValueError, match="cannot fit a map"):
         ow.watermark_scores(z[:150], z[:150], SECRET, ow.calibrate(cloud(500, 9), SECRET, rate=0.25, rank=40), decoys=100)
+
+
+@pytest.fixture(scope="module")
+def principal_cal() -> ow.WatermarkCalibration:
+    return ow.calibrate(cloud(4000, 0), SECRET, directions=4, rate=0.05, region_space="principal")
+
+
+def test_principal_regions_lie_in_the_basis_and_isotropic_keys_are_unchanged(cal, principal_cal, tmp_path):
+    key = principal_cal.keys(SECRET, [ow.TRUE_LABEL, "decoy-0"])
+    basis = np.asarray(principal_cal.basis)
+    inside = np.linalg.norm(key.regions @ basis.T, axis=-1)  # the basis rows are orthonormal
+    np.testing.assert_allclose(inside, 1.0, atol=1e-4)
+    iso = cal.keys(SECRET, [ow.TRUE_LABEL]).regions[0]
+    assert np.linalg.norm(iso @ np.asarray(cal.basis).T, axis=-1).max() < 0.99  # isotropic normals leave the basis
+    np.testing.assert_array_equal(iso, ow.draw_keys(SECRET, D, 4, [ow.TRUE_LABEL], cal.target_basis()).regions[0])
+    # a calibration file written before region_space existed reads as isotropic
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps({k: v for k, v in json.loads(cal.model_dump_json()).items() if k != "region_space"}))
+    assert ow.load_calibration(p).region_space == "isotropic"
+    with pytest.raises(ValueError, match="region space"):
+        ow.draw_keys(SECRET, D, 4, [ow.TRUE_LABEL], cal.target_basis(), "diagonal")
+    # marked answers are found through an affine map, clean ones are not
+    clean = cloud(1000, 3)
+    marked, w = ow.Marker(principal_cal, SECRET, 0.25).mark(clean)
+    assert 0.1 < (w.sum(1) > 0).mean() < 0.3
+    a = np.random.default_rng(4).standard_normal((D, D + 8)).astype(np.float32)
+    assert scores(marked @ a + 1.0, clean, principal_cal).p_value < 1e-6
+    assert scores(clean @ a + 1.0, clean, principal_cal).p_value > 0.01
+
