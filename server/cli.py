@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--n", type=int, default=2000, help="calibration images")
     k.add_argument("--region-space", choices=REGION_SPACES, default=REGION_SPACES[0],
                    help="region normals: isotropic, or inside the victim's principal directions like the targets "
-                        "(copies learn it better, customers lose more: bench.owm_design)")
+                        "(bench.owm_design compares them)")
     k.set_defaults(func=_cmd_watermark_key)
 
     s = sub.add_parser("serve", help="serve the victim embeddings API (uvicorn)")

@@ -9,8 +9,8 @@ victim's per-dimension mean and standard deviation on calibration images).
 A key holds K pairs (WARDEN's several directions) of keyed unit vectors: a region normal ``u_k``
 and a target ``t_k``. Targets lie in the victim's top principal directions; region normals are
 isotropic (``region_space="isotropic"``, the default) or drawn like the targets
-(``"principal"``: copies learn region membership better there, and customers lose more at the
-same strength, ``bench.owm_design``). For ``p_k = <z, u_k>`` the mark's weight is
+(``"principal"``; ``bench.owm_design`` measures what copies learn and customers lose with
+each). For ``p_k = <z, u_k>`` the mark's weight is
 
     w_k = strength * clip((p_k - lo_k) / (hi_k - lo_k), 0, 1)
 

@@ -219,11 +219,21 @@ def _owm_label(r: dict) -> str:
     return f"independent, `{r['name'].removeprefix('independent-')}`"
 
 
+def se(xs: list[float]) -> str:
+    """' ± the standard error' of a mean, or nothing for fewer than 2 values."""
+    if len(xs) < 2:
+        return ""
+    m = sum(xs) / len(xs)
+    return f" ± {(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5:.2f}"
+
+
 def _owm_strengths() -> tuple[list[list[str]], list[str]]:
     """One row per output-watermark run (results/defender/owm*.json): its strength, how the copies stolen
     with 4,000 or more queries fared, and what customers lost."""
     rows, names = [], []
     for path in sorted(results_dir().glob("defender/owm*.json")):
+        if path.stem == "owm_design":  # bench.owm_design's file: owm_design() renders it
+            continue
         name = f"defender/{path.stem}"
         d = load(name)
         big = [r for r in d["rows"] if r["truth"] == "stolen" and r.get("removal") == "none"
@@ -231,12 +241,51 @@ def _owm_strengths() -> tuple[list[list[str]], list[str]]:
         narrow = d["customers"]["narrow_drop_points"]
         main = d["customers"]["main_task_drop_points"]
         task = next(iter(main))
-        rows.append([f"{d['key']['strength']:g}", str(d["key"]["directions"]), f"{d['key']['rate']:g}",
+        rows.append([f"{d['key']['strength']:g}", d["key"].get("region_space", "isotropic"), str(d["key"]["directions"]),
+                     f"{d['key']['rate']:g}",
                      f"{sum(r['p'] < 1e-6 for r in big)} of {len(big)}", f"{min(r['z'] for r in big):.1f}" if big else "-",
                      f"{max(r['p'] for r in big):.1e}" if big else "-",
-                     f"{sum(narrow) / len(narrow):+.2f} ({len(narrow)} customers)", f"{main[task]:+.2f}", f"`results/{name}.json`"])
+                     f"{sum(narrow) / len(narrow):+.2f}{se(narrow)} ({len(narrow)} customers)", f"{main[task]:+.2f}", f"`results/{name}.json`"])
         names.append(name)
     return rows, names
+
+
+def _owm_designs() -> str:
+    """The design bench (results/defender/owm_design.json): what a copy learns against what customers lose."""
+    try:
+        d = load("defender/owm_design")
+    except FileNotFoundError:
+        return ""
+    rows = d["rows"]
+    setting = rows[0]["setting"]
+    tab = [[r["regions"], f"{r['strength']:g}", pct(r["marked_share"], 0),
+            f"{r['customer_drop_mean']:+.2f} ± {r['customer_drop_se']:.2f}", f"{r['planted']:.3f}",
+            pct(r["learnt"], 0) if r["learnt"] is not None else "-", f"{r['z']:.1f}", pv(r["p"])] for r in rows]
+    ok = [r for r in rows if r["customer_drop_mean"] <= 0.5 and r["p"] < 1e-6]
+    by = {sp: [r for r in rows if r["regions"] == sp] for sp in ("isotropic", "principal")}
+    learnt = {sp: [r["learnt"] for r in rs if r["learnt"] is not None] for sp, rs in by.items()}
+    return f"""**Designs.** Where the regions lie and how strong the mark is decide both what a copy learns and what
+customers lose. Per design, one key of one secret; the customers' drop is paired (the same
+{setting["customers"]} narrow tasks on clean and marked answers, mean ± standard error), and one copy
+({setting["loss"]}, {setting["queries"]:,} bought answers, {setting["epochs"]} epochs; the API's answer is a
+deterministic function of the victim's, so the copy trains on exactly what it would buy) is verified
+on {setting["align_n"]:,} public images. "Planted" is the statistic on the marked answers themselves,
+"learnt" the copy's share of it:
+
+```
+{d["command"]}
+```
+
+{md_table(["regions", "strength", "answers marked", "customers' drop (points)", "planted", "learnt", "copy z", "copy p"], tab)}
+
+The share a copy learns, by region space: {"; ".join(f"{sp} " + ", ".join(pct(x, 0) for x in xs) for sp, xs in learnt.items() if xs)}. {
+"Designs that keep customers within 0.5 points and flag this copy at p < 1e-6: " + ", ".join(
+    f"{r['regions']} at {r['strength']:g}" for r in ok) + "." if ok else
+"No design keeps customers within 0.5 points and flags its copy at p < 1e-6."} One copy per design:
+its z varies with the training run and the key, so a single row is not a design's power
+(source: {src("defender/owm_design.json", "defender/owm_design.md", "defender/owm_design.png")}).
+
+"""
 
 
 def _level(null: dict) -> str:
@@ -334,7 +383,7 @@ region is at full weight and moves no more than its neighbours.
 for the extra ones, same victim, directions and rate, a key of its own secret): the copies stolen with
 4,000 or more queries (plain and obfuscated rows) and the customers' mean cost:
 
-{md_table(["strength", "directions", "rate", "copies >= 4,000 queries at p < 1e-6", "smallest z", "largest p",
+{md_table(["strength", "regions", "directions", "rate", "copies >= 4,000 queries at p < 1e-6", "smallest z", "largest p",
            "narrow customers' drop (points)", "main-task drop (points)", "source"], _owm_strengths()[0])}
 
-Source: {src("defender/owm.json", "defender/owm.md", "defender/owm.png")}."""
+{_owm_designs()}Source: {src("defender/owm.json", "defender/owm.md", "defender/owm.png")}."""
