@@ -110,21 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     clean_attack = extract_features(victim.encoder, attack)
     public = load_split(spec, "public", progress=False).images[:args.align_n]
     clean_public = extract_features(victim.encoder, public)
+    setting = {"directions": args.directions, "rate": args.rate, "customers": args.customers, "queries": args.queries,
+               "loss": args.loss, "epochs": args.epochs, "align_n": args.align_n, "decoys": args.decoys}
     base: list[float] | None = None
     rows = []
     for regions, strength in tqdm(args.designs, desc="designs", unit="design"):
         name = f"{regions}-{strength:g}"
         path = args.work / f"{name}.json"
-        setting = {"directions": args.directions, "rate": args.rate, "customers": args.customers, "queries": args.queries,
-                   "loss": args.loss, "epochs": args.epochs, "align_n": args.align_n, "decoys": args.decoys}
-        if path.exists() and json.loads(path.read_text())["setting"] == setting:
-            rows.append(json.loads(path.read_text()))
-            base = rows[-1]["clean_accuracy"]
+        kept = json.loads(path.read_text()) if path.exists() else None
+        if kept is not None and kept["setting"] == setting:
+            rows.append(kept)
+            base = kept["clean_accuracy"]
             continue
         cal = calibrate(clean_test[:2000], secret, args.directions, args.rate, region_space=regions,
                         calibrated_on={"checkpoint": str(args.victim), "split": "test", "n": 2000})
         marker = Marker(cal, secret, strength)
-        base, marked_acc = customer_drops(clean_test, marker.mark(clean_test)[0], labels, tasks, base)
+        marked_test, weights = marker.mark(clean_test)
+        base, marked_acc = customer_drops(clean_test, marked_test, labels, tasks, base)
         drops = 100 * (np.asarray(base) - np.asarray(marked_acc))
         ckpt, _ = train_stolen(attack, marker.mark(clean_attack)[0],
                                StealConfig(loss=args.loss, epochs=args.epochs, batch_size=128), progress=False)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                "customer_drop_mean": round(float(drops.mean()), 3),
                "customer_drop_se": round(float(drops.std(ddof=1) / np.sqrt(len(drops))), 3),
                "customer_drops": [round(float(x), 2) for x in drops], "clean_accuracy": base,
-               "marked_share": round(float((marker.weights(clean_test).sum(1) > 0).mean()), 3),
+               "marked_share": round(float((weights.sum(1) > 0).mean()), 3),
                "z": round(res.z, 3), "p": res.p_value, "planted": round(planted, 4),
                "learnt": round(res.statistic / planted, 3) if planted > 0 else None}
         path.write_text(json.dumps(row, indent=1))

@@ -141,4 +141,3 @@ def test_principal_regions_lie_in_the_basis_and_isotropic_keys_are_unchanged(cal
     a = np.random.default_rng(4).standard_normal((D, D + 8)).astype(np.float32)
     assert scores(marked @ a + 1.0, clean, principal_cal).p_value < 1e-6
     assert scores(clean @ a + 1.0, clean, principal_cal).p_value > 0.01
-
