@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     clean_attack = extract_features(victim.encoder, attack)
     public = load_split(spec, "public", progress=False).images[:args.align_n]
     clean_public = extract_features(victim.encoder, public)
-    setting = {"directions": args.directions, "rate": args.rate, "customers": args.customers, "queries": args.queries,
-               "loss": args.loss, "epochs": args.epochs, "align_n": args.align_n, "decoys": args.decoys}
+    setting = {"victim": str(args.victim), "directions": args.directions, "rate": args.rate, "customers": args.customers,
+               "queries": args.queries, "loss": args.loss, "epochs": args.epochs, "align_n": args.align_n,
+               "decoys": args.decoys}
     base: list[float] | None = None
     rows = []
     for regions, strength in tqdm(args.designs, desc="designs", unit="design"):
