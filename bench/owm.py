@@ -49,7 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench.harness import command, output, rel, table, write_json
-from shared.output_watermark import DIRECTIONS, RATE, REGION_SPACES
+from shared.output_watermark import DIRECTIONS, RATE, REGION_SPACES, TARGET_WEIGHTINGS
 from shared.proc import run as run_child
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,9 +76,10 @@ def ensure_key(args: argparse.Namespace, secret: bytes):
     if path.exists():
         cal = load_calibration(path)
         if (cal.fingerprint == fingerprint(secret) and cal.directions == args.directions and cal.rate == args.rate
-                and cal.region_space == args.region_space):
+                and cal.region_space == args.region_space and cal.target_weighting == args.target_weighting):
             return path, cal
-    cal = calibrate_checkpoint(args.victim, secret, args.directions, args.rate, region_space=args.region_space)
+    cal = calibrate_checkpoint(args.victim, secret, args.directions, args.rate, region_space=args.region_space,
+                               target_weighting=args.target_weighting)
     path.write_text(cal.model_dump_json(indent=1))
     return path, cal
 
@@ -288,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=RATE)
     ap.add_argument("--region-space", choices=REGION_SPACES, default=REGION_SPACES[0],
                     help="the key's region normals (heist-server watermark-key --region-space)")
+    ap.add_argument("--target-weighting", choices=TARGET_WEIGHTINGS, default=TARGET_WEIGHTINGS[0],
+                    help="the key's targets (heist-server watermark-key --target-weighting)")
     ap.add_argument("--steal", action="store_true", help="serve the victim and make the missing copies; measure customers")
     ap.add_argument("--losses", nargs="+", default=["mse", "infonce", "softnn"])
     ap.add_argument("--budgets", nargs="+", type=int, default=[1000, 4000])
@@ -330,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     setting = {"strength": args.strength, "directions": args.directions, "rate": args.rate, "victim": str(args.victim)}
     if args.region_space != REGION_SPACES[0]:  # work folders made before region spaces existed stay valid
         setting["region_space"] = args.region_space
+    if args.target_weighting != TARGET_WEIGHTINGS[0]:
+        setting["target_weighting"] = args.target_weighting
     stamp = args.work / "setting.json"
     if stamp.exists() and json.loads(stamp.read_text()) != setting:
         raise SystemExit(f"{args.work} holds copies made with {stamp.read_text().strip()}; use another --work for {setting}")
@@ -409,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = command("bench.owm", argv)
     path = write_json("defender", args.out, {
         "command": cmd, "key": {"directions": cal.directions, "rate": cal.rate, "strength": args.strength,
-                                "region_space": cal.region_space,
+                                "region_space": cal.region_space, "target_weighting": cal.target_weighting,
                                 "calibrated_on": cal.calibrated_on}, "verify_config": cfg.model_dump(),
         "summary": summary, "rows": rows, "thief_probes": probes, "removal": removal, "removal_budget": args.removal_budget, "removal_sweep": sweep,
         "customers": customers,

@@ -1,6 +1,7 @@
 """Output watermark designs: how much of the mark a copy learns against what customers lose.
 
-For each design (``REGIONS:STRENGTH``: region normals ``isotropic`` or ``principal``,
+For each design (``REGIONS:STRENGTH[:TARGETS]``: region normals ``isotropic`` or ``principal``,
+targets weighted by the principal directions' ``spread`` (the default) or ``even``,
 :mod:`shared.output_watermark`), with one key of the bench's secret:
 
 1. **Customers.** ``--customers`` narrow customers (the trade-off bench's task: 3 classes, 1,200
@@ -10,15 +11,16 @@ For each design (``REGIONS:STRENGTH``: region normals ``isotropic`` or ``princip
 2. **A copy.** ``heist-attack steal``'s trainer (``attacker.steal.train_stolen``, ``--loss``,
    ``--epochs``, batch 128) on the marked answers to ``--queries`` attack images, verified by the
    ``output_watermark`` check's statistic on ``--align-n`` public images against ``--decoys`` decoy
-   keys (z, p). ``learnt`` is the copy's statistic over the marked answers' own: the share of the
-   planted shift the copy carries.
+   keys (z, p), and again with the plain projection along the targets (``shrink=1``, no weighting by
+   the copy's error covariance) for comparison. ``learnt`` is the copy's statistic over the marked
+   answers' plain one: the share of the planted shift the copy carries.
 
 Local on purpose: with no other defence on a tier, the API's answer is ``Marker.mark`` of the
 victim's answer, so a thief buying over HTTP gets exactly these answers; ``bench.owm`` steals over
 HTTP for the design of record. Each design's result is kept in ``<work>/<design>.json`` (a rerun
 resumes). Writes results/defender/<out>.json, .md and .png (default out: owm_design).
 
-    python -m bench.owm_design                      # the default designs (~25 min on 2 cores)
+    python -m bench.owm_design                      # the default designs (~30 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -35,21 +37,25 @@ from bench.harness import command, output, table, write_json
 from bench.owm import bench_secret
 
 REPO = Path(__file__).resolve().parent.parent
-DESIGNS = ["isotropic:0.15", "isotropic:0.2", "isotropic:0.3", "principal:0.1", "principal:0.15", "principal:0.2"]
+DESIGNS = ["isotropic:0.15", "isotropic:0.2", "isotropic:0.1:even", "isotropic:0.15:even", "isotropic:0.2:even",
+           "principal:0.15:even"]
 
 
-def parse_design(text: str) -> tuple[str, float]:
-    from shared.output_watermark import REGION_SPACES
+def parse_design(text: str) -> tuple[str, float, str]:
+    """``REGIONS:STRENGTH[:TARGETS]`` as (regions, strength, targets)."""
+    from shared.output_watermark import REGION_SPACES, TARGET_WEIGHTINGS
 
     parts = text.split(":")
+    targets = parts[2] if len(parts) == 3 else TARGET_WEIGHTINGS[0]
     try:
-        strength = float(parts[1]) if len(parts) == 2 and parts[0] in REGION_SPACES else -1.0
+        ok = len(parts) in (2, 3) and parts[0] in REGION_SPACES and targets in TARGET_WEIGHTINGS
+        strength = float(parts[1]) if ok else -1.0
     except ValueError:
         strength = -1.0
     if not 0 < strength <= 1:
-        raise argparse.ArgumentTypeError(f"a design is REGIONS:STRENGTH with REGIONS in {REGION_SPACES} and STRENGTH in "
-                                         f"(0, 1], got {text!r}")
-    return parts[0], strength
+        raise argparse.ArgumentTypeError(f"a design is REGIONS:STRENGTH[:TARGETS] with REGIONS in {REGION_SPACES}, STRENGTH "
+                                         f"in (0, 1] and TARGETS in {TARGET_WEIGHTINGS}, got {text!r}")
+    return parts[0], strength, targets
 
 
 def customer_drops(clean: np.ndarray, marked: np.ndarray, labels: np.ndarray, tasks: list[np.ndarray],
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--victim", type=Path, default=REPO / "assets" / "victim-cpu")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "owm_design", help="secret and per-design results")
     ap.add_argument("--designs", nargs="+", type=parse_design, default=[parse_design(d) for d in DESIGNS],
-                    metavar="REGIONS:STRENGTH")
+                    metavar="REGIONS:STRENGTH[:TARGETS]")
     ap.add_argument("--directions", type=int, default=8)
     ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--customers", type=int, default=40)
@@ -115,15 +121,15 @@ def main(argv: list[str] | None = None) -> int:
                "decoys": args.decoys}
     base: list[float] | None = None
     rows = []
-    for regions, strength in tqdm(args.designs, desc="designs", unit="design"):
-        name = f"{regions}-{strength:g}"
+    for regions, strength, targets in tqdm(args.designs, desc="designs", unit="design"):
+        name = f"{regions}-{strength:g}" + ("" if targets == "spread" else f"-{targets}")
         path = args.work / f"{name}.json"
         kept = json.loads(path.read_text()) if path.exists() else None
         if kept is not None and kept["setting"] == setting:
             rows.append(kept)
             base = kept["clean_accuracy"]
             continue
-        cal = calibrate(clean_test[:2000], secret, args.directions, args.rate, region_space=regions,
+        cal = calibrate(clean_test[:2000], secret, args.directions, args.rate, region_space=regions, target_weighting=targets,
                         calibrated_on={"checkpoint": str(args.victim), "split": "test", "n": 2000})
         marker = Marker(cal, secret, strength)
         marked_test, weights = marker.mark(clean_test)
@@ -133,13 +139,15 @@ def main(argv: list[str] | None = None) -> int:
                                StealConfig(loss=args.loss, epochs=args.epochs, batch_size=128), progress=False)
         copy = extract_features(ckpt.encoder, public)
         res = watermark_scores(copy, clean_public, secret, cal, decoys=args.decoys)
-        planted = float(key_statistics(marker.mark(clean_public)[0], clean_public, cal, cal.keys(secret, [TRUE_LABEL]))[0].mean())
-        row = {"design": name, "regions": regions, "strength": strength, "setting": setting,
+        plain = watermark_scores(copy, clean_public, secret, cal, decoys=args.decoys, shrink=1.0)  # no covariance weighting
+        planted = float(key_statistics(marker.mark(clean_public)[0], clean_public, cal, cal.keys(secret, [TRUE_LABEL]),
+                                       shrink=1.0)[0].mean())  # the plain shift along the targets
+        row = {"design": name, "regions": regions, "targets": targets, "strength": strength, "setting": setting,
                "customer_drop_mean": round(float(drops.mean()), 3),
                "customer_drop_se": round(float(drops.std(ddof=1) / np.sqrt(len(drops))), 3),
                "customer_drops": [round(float(x), 2) for x in drops], "clean_accuracy": base,
                "marked_share": round(float((weights.sum(1) > 0).mean()), 3),
-               "z": round(res.z, 3), "p": res.p_value, "planted": round(planted, 4),
+               "z": round(res.z, 3), "p": res.p_value, "z_plain": round(plain.z, 3), "planted": round(planted, 4),
                "learnt": round(res.statistic / planted, 3) if planted > 0 else None}
         path.write_text(json.dumps(row, indent=1))
         rows.append(row)
@@ -148,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     tab = [{"design": r["design"], "marked": f"{100 * r['marked_share']:.0f}%",
             "customers' drop (points)": f"{r['customer_drop_mean']:+.2f} ± {r['customer_drop_se']:.2f}",
             "planted": f"{r['planted']:.3f}", "learnt": f"{100 * r['learnt']:.0f}%" if r["learnt"] is not None else "-",
-            "copy z": f"{r['z']:.2f}", "copy p": f"{r['p']:.1e}"} for r in rows]
-    cols = ["design", "marked", "customers' drop (points)", "planted", "learnt", "copy z", "copy p"]
+            "copy z": f"{r['z']:.2f}", "copy p": f"{r['p']:.1e}",
+            "z, plain projection": f"{r['z_plain']:.2f}" if "z_plain" in r else "-"} for r in rows]
+    cols = ["design", "marked", "customers' drop (points)", "planted", "learnt", "copy z", "copy p", "z, plain projection"]
     text = table(tab, cols)
     print(text)
     cmd = command("bench.owm_design", argv)
@@ -171,13 +180,15 @@ def plot(rows: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         colour = "tab:blue" if r["regions"] == "isotropic" else "tab:orange"
-        ax.errorbar(r["customer_drop_mean"], r["z"], xerr=r["customer_drop_se"], fmt="o", color=colour, capsize=3)
+        shape = "o" if r.get("targets", "spread") == "spread" else "s"
+        ax.errorbar(r["customer_drop_mean"], r["z"], xerr=r["customer_drop_se"], fmt=shape, color=colour, capsize=3)
         ax.annotate(r["design"], (r["customer_drop_mean"], r["z"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.axhline(float(stats.norm.isf(1e-6)), color="tab:red", ls=":", lw=1, label="p = 1e-6")
     ax.axvline(0.5, color="k", ls="--", lw=1, label="0.5 points")
     ax.set_xlabel("narrow customers' probe drop (points, mean ± se)")
     ax.set_ylabel("copy's watermark z")
-    ax.set_title("output watermark designs (blue: isotropic regions, orange: principal)")
+    ax.set_title("output watermark designs (blue: isotropic regions, orange: principal;\n"
+                 "circles: targets by spread, squares: even)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -144,6 +144,7 @@ VERIFY_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--di-alternative", "di_alternative", {}),
     ("--di-margin", "di_margin", {"metavar": "RHO"}),
     ("--owm-decoys", "owm_decoys", {}),
+    ("--owm-shrink", "owm_shrink", {}),
     ("--qlog-n", "qlog_n", {}),
     ("--qlog-margin", "qlog_margin", {}),
     ("--mi-dims", "mi_dims", {}),

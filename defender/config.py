@@ -51,6 +51,9 @@ class VerifyConfig(BaseModel):
     owm_decoys: int = Field(default=1000, ge=100, description=(
         "decoy keys of the output watermark: drawn like the true key from the secret and scored on the same answers, "
         "their spread is the check's null"))
+    owm_shrink: float = Field(default=0.1, ge=0, le=1, description=(
+        "output watermark: shrinkage of the suspect's error covariance toward its mean variance in the generalised "
+        "least-squares reading of the shift along each target (1: the plain projection, no weighting)"))
     qlog_n: int = Field(default=250, ge=20, description=(
         "query-log inference: the account's last logged images sent to the suspect, and as many held-out images "
         "(the last of di_public_split)"))

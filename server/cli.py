@@ -105,10 +105,10 @@ def _cmd_watermark_key(args: argparse.Namespace) -> int:
         raise ValueError("set HEIST_SERVER_SECRET (at least 16 characters) to the secret the server will run with: "
                          "the key's vectors are drawn from it")
     cal = calibrate_checkpoint(Path(args.checkpoint), secret.encode(), args.directions, args.rate, args.split, args.n,
-                               args.region_space)
+                               args.region_space, args.target_weighting)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(cal.model_dump_json(indent=1))
-    print(f"watermark key: {cal.directions} directions ({cal.region_space} regions), rate {cal.rate} each, calibrated on {cal.calibrated_on['n']} "
+    print(f"watermark key: {cal.directions} directions ({cal.region_space} regions, {cal.target_weighting} targets), rate {cal.rate} each, calibrated on {cal.calibrated_on['n']} "
           f"{cal.calibrated_on['split']} images -> {args.out}")
     return 0
 
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_report)
 
-    from shared.output_watermark import DIRECTIONS, RATE, REGION_SPACES
+    from shared.output_watermark import DIRECTIONS, RATE, REGION_SPACES, TARGET_WEIGHTINGS
 
     k = sub.add_parser("watermark-key", help="calibrate the output watermark's key (defence output_watermark) on the "
                                              "victim; its vectors come from HEIST_SERVER_SECRET, which the file does not hold")
@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--region-space", choices=REGION_SPACES, default=REGION_SPACES[0],
                    help="region normals: isotropic, or inside the victim's principal directions like the targets "
                         "(bench.owm_design compares them)")
+    k.add_argument("--target-weighting", choices=TARGET_WEIGHTINGS, default=TARGET_WEIGHTINGS[0],
+                   help="targets: combinations of the victim's principal directions weighted by their spread (mostly the "
+                        "top few), or evenly (bench.owm_design compares them)")
     k.set_defaults(func=_cmd_watermark_key)
 
     s = sub.add_parser("serve", help="serve the victim embeddings API (uvicorn)")

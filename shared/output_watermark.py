@@ -7,10 +7,12 @@ function of the representation it copies). All math here works in the *standardi
 victim's per-dimension mean and standard deviation on calibration images).
 
 A key holds K pairs (WARDEN's several directions) of keyed unit vectors: a region normal ``u_k``
-and a target ``t_k``. Targets lie in the victim's top principal directions; region normals are
-isotropic (``region_space="isotropic"``, the default) or drawn like the targets
-(``"principal"``; ``bench.owm_design`` measures what copies learn and customers lose with
-each). For ``p_k = <z, u_k>`` the mark's weight is
+and a target ``t_k``. Targets lie in the victim's top principal directions, as Gaussian
+combinations of them weighted by each direction's spread (``target_weighting="spread"``, the
+default: mostly the top few directions) or weighted evenly (``"even"``: the whole basis, where a
+copy's errors are smaller); region normals are isotropic (``region_space="isotropic"``, the
+default) or drawn like the targets (``"principal"``; ``bench.owm_design`` measures what copies
+learn and customers lose with each). For ``p_k = <z, u_k>`` the mark's weight is
 
     w_k = strength * clip((p_k - lo_k) / (hi_k - lo_k), 0, 1)
 
@@ -26,8 +28,9 @@ Verification (:func:`watermark_scores`, :func:`key_statistics`): on images nobod
 key, a linear map from the victim's principal coordinates to the suspect's answers is fitted on the
 images outside the key's regions (a map fitted on marked answers would learn to cancel the mark);
 through it, each region image's coordinates are recovered from the suspect's answer and compared
-with the victim's clean coordinates along the target; the weighted mean shift, averaged over the K
-pairs, is the statistic. Decoy keys drawn from the same generator are scored on the same answers:
+with the victim's clean coordinates along the target, weighting the directions by the inverse of the
+suspect's own error covariance outside the regions (generalised least squares, :func:`gls_filters`);
+the weighted mean shift, averaged over the K pairs, is the statistic. Decoy keys drawn from the same generator are scored on the same answers:
 for a suspect that never saw the mark the true key is one more draw from the decoys' distribution
 (exchangeable), so the decoys give the null without any model of the suspect.
 """
@@ -51,7 +54,9 @@ PURPOSE = "output-watermark"
 TRUE_LABEL = "key"
 DIRECTIONS = 8  # default K of a key (heist-server watermark-key, the demo, bench.owm)
 RATE = 0.05  # default share of natural inputs each direction marks
+GLS_SHRINK = 0.1  # the verifier's shrinkage of the suspect's error covariance (key_statistics)
 REGION_SPACES = ("isotropic", "principal")  # where region normals are drawn (module docstring)
+TARGET_WEIGHTINGS = ("spread", "even")  # how the basis directions weigh in a target (module docstring)
 
 
 class WatermarkCalibration(BaseModel):
@@ -71,6 +76,8 @@ class WatermarkCalibration(BaseModel):
     basis_sd: tuple[float, ...] = Field(description="the standard deviation along each basis direction")
     region_space: Literal["isotropic", "principal"] = Field(
         default="isotropic", description="region normals: isotropic, or inside the basis like the targets")
+    target_weighting: Literal["spread", "even"] = Field(
+        default="spread", description="the basis directions in a target: weighted by their spread, or evenly")
     fingerprint: str = Field(description="HMAC of the server secret: a key used with another secret is refused")
     calibrated_on: dict = Field(default_factory=dict)
 
@@ -89,7 +96,8 @@ class WatermarkCalibration(BaseModel):
         return self
 
     def target_basis(self) -> np.ndarray:
-        return scaled_basis(np.asarray(self.basis, np.float32), np.asarray(self.basis_sd, np.float32))
+        sd = np.asarray(self.basis_sd, np.float32)
+        return scaled_basis(np.asarray(self.basis, np.float32), sd if self.target_weighting == "spread" else np.ones_like(sd))
 
     def keys(self, secret: bytes, labels: list[str]) -> Keys:
         """The keys of ``labels`` (``TRUE_LABEL`` and decoys) this calibration's secret and spaces give."""
@@ -134,8 +142,8 @@ def draw_keys(secret: bytes, dim: int, directions: int, labels: list[str], targe
     """One key per label (the true key is ``TRUE_LABEL``; decoys are any other labels), from the secret.
 
     Region normals are isotropic, or with ``region_space="principal"`` drawn like the targets.
-    Targets are Gaussian combinations of ``target_basis`` rows (the victim's principal directions
-    scaled by their spread, :meth:`WatermarkCalibration.target_basis`),
+    Targets are Gaussian combinations of ``target_basis`` rows (the victim's principal directions,
+    scaled by their spread or evenly: :meth:`WatermarkCalibration.target_basis`),
     so that a mark moves answers the way natural answers vary: a map fitted on unmarked answers
     (an obfuscation's inverse, the defender's alignment) carries it along instead of projecting it
     away."""
@@ -176,7 +184,8 @@ def ramp(proj: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def calibrate(reps: np.ndarray, secret: bytes, directions: int = DIRECTIONS, rate: float = RATE, rank: int = 32,
-              calibrated_on: dict | None = None, region_space: str = "isotropic") -> WatermarkCalibration:
+              calibrated_on: dict | None = None, region_space: str = "isotropic",
+              target_weighting: str = "spread") -> WatermarkCalibration:
     """The calibration of the secret's key on the victim's clean representations of natural images
     (targets inside the top ``rank`` principal directions of the standardised answers)."""
     reps = np.asarray(reps, np.float32)
@@ -188,12 +197,15 @@ def calibrate(reps: np.ndarray, secret: bytes, directions: int = DIRECTIONS, rat
     _, sv, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
     r = min(rank, len(sv))
     basis, basis_sd = vt[:r], sv[:r] / np.sqrt(len(z))
-    key = draw_keys(secret, reps.shape[1], directions, [TRUE_LABEL], scaled_basis(basis, basis_sd), region_space)
+    if target_weighting not in TARGET_WEIGHTINGS:
+        raise ValueError(f"unknown target weighting {target_weighting!r}; choose one of {', '.join(TARGET_WEIGHTINGS)}")
+    weights = basis_sd if target_weighting == "spread" else np.ones_like(basis_sd)
+    key = draw_keys(secret, reps.shape[1], directions, [TRUE_LABEL], scaled_basis(basis, weights), region_space)
     lo, hi = ramp_bounds(z @ key.regions[0].T, rate)
     return WatermarkCalibration(dim=reps.shape[1], directions=directions, rate=rate, center=tuple(map(float, center)),
                                 scale=tuple(map(float, scale)), lo=tuple(map(float, lo)), hi=tuple(map(float, hi)),
                                 basis=tuple(tuple(map(float, b)) for b in basis), basis_sd=tuple(map(float, basis_sd)),
-                                region_space=region_space,
+                                region_space=region_space, target_weighting=target_weighting,
                                 fingerprint=fingerprint(secret), calibrated_on=calibrated_on or {"n": len(reps)})
 
 
@@ -261,7 +273,23 @@ class WatermarkScores:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibration, keys: Keys, ridge: float = 1e-3) -> np.ndarray:
+def gls_filters(errors: np.ndarray, targets: np.ndarray, shrink: float) -> np.ndarray:
+    """(K, r) filters ``f = S^-1 t / <S^-1 t, t>`` for targets (K, r), with ``S`` the covariance of ``errors``
+    (n, r) shrunk toward its mean variance: ``<f, t> = 1``, so a filter reads a shift along ``t`` in its units."""
+    if not 0 <= shrink <= 1:
+        raise ValueError(f"shrink must be in [0, 1], got {shrink}")
+    r = targets.shape[1]
+    cov = np.cov(errors.T) if len(errors) > 1 else np.zeros((r, r))
+    level = float(np.trace(cov)) / r
+    cov = (1 - shrink) * cov + (shrink * level + 1e-12 * max(level, 1e-30)) * np.eye(r)
+    if level <= 0:  # a suspect that reproduces the victim exactly outside the regions: no error to weight by
+        return targets
+    f = np.linalg.solve(cov, targets.T).T
+    return f / (f * targets).sum(1, keepdims=True)
+
+
+def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibration, keys: Keys, ridge: float = 1e-3,
+                   shrink: float = GLS_SHRINK) -> np.ndarray:
     """(M, K) per-pair statistics of a suspect's raw answers (any dimension) against the victim's clean ones.
 
     The victim's answers are described by their coordinates ``c`` in the calibration's principal basis
@@ -272,7 +300,14 @@ def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibra
     For each region image the coordinates that best explain the suspect's answer through that map are
     recovered (least squares) and compared with the victim's clean coordinates along the pair's target;
     the statistic is their weighted mean. Regressing the suspect on the victim (not the victim on the
-    suspect) keeps a copy's learnt shift at full size: the copy's own errors sit on the explained side."""
+    suspect) keeps a copy's learnt shift at full size: the copy's own errors sit on the explained side.
+
+    The comparison along the target is a generalised least-squares one: the recovered-minus-clean
+    differences of the images outside the regions give the copy's error covariance ``S`` (shrunk by
+    ``shrink`` toward its mean variance), and a difference ``d`` reads as ``<S^-1 t, d> / <S^-1 t, t>``:
+    still the shift along ``t`` in its units (a perfect copy of marked answers reads the planted shift),
+    with the directions in which the suspect errs most weighted least. ``shrink=1`` is the plain
+    projection ``<t, d>``."""
     center, scale = np.asarray(cal.center, np.float32), np.asarray(cal.scale, np.float32)
     basis = np.asarray(cal.basis, np.float64)  # (r, D), orthonormal rows
     s = np.asarray(suspect, np.float64)
@@ -298,15 +333,19 @@ def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibra
         b = np.linalg.solve(gram + lam * eye, cross_all - xr.T @ s[rows])  # (r + 1, Ds): suspect ~ c @ b[:-1] + b[-1]
         lin = b[:-1]
         bb = lin @ lin.T
-        recovered = np.linalg.solve(bb + 1e-9 * np.trace(bb) / r * np.eye(r), lin @ (s[rows] - b[-1]).T).T  # (n_r, r)
+        recovered = np.linalg.solve(bb + 1e-9 * np.trace(bb) / r * np.eye(r), lin @ (s - b[-1]).T).T  # (N, r)
+        diff = (recovered - c) / norms  # back to the unit (normalised) scale
+        outside = np.ones(len(c), bool)
+        outside[rows] = False
+        filt = targets[i] if shrink >= 1 else gls_filters(diff[outside], targets[i], shrink)
         wr = w[rows]
-        shift = ((recovered - c[rows]) / norms[rows]) @ targets[i].T  # back to the unit (normalised) scale
+        shift = diff[rows] @ filt.T
         out[i] = (shift * wr).sum(0) / np.maximum(wr.sum(0), 1e-9)
     return out
 
 
 def watermark_scores(suspect: np.ndarray, clean: np.ndarray, secret: bytes, cal: WatermarkCalibration,
-                     decoys: int = 1000, ridge: float = 1e-3) -> WatermarkScores:
+                     decoys: int = 1000, ridge: float = 1e-3, shrink: float = GLS_SHRINK) -> WatermarkScores:
     """The true key's statistic on a suspect's raw answers and the victim's clean answers to the same
     images, against ``decoys`` decoy keys scored the same way on the same answers."""
     from scipy import stats
@@ -324,8 +363,8 @@ def watermark_scores(suspect: np.ndarray, clean: np.ndarray, secret: bytes, cal:
         raise ValueError("at least 100 decoy keys are needed for the null")
     center, scale = np.asarray(cal.center, np.float32), np.asarray(cal.scale, np.float32)
     true = cal.keys(secret, [TRUE_LABEL])
-    per = key_statistics(suspect, clean, cal, true, ridge)[0]
-    null = key_statistics(suspect, clean, cal, cal.keys(secret, decoy_labels(decoys)), ridge).mean(1)
+    per = key_statistics(suspect, clean, cal, true, ridge, shrink)[0]
+    null = key_statistics(suspect, clean, cal, cal.keys(secret, decoy_labels(decoys)), ridge, shrink).mean(1)
     stat = float(per.mean())
     mu, sd = float(null.mean()), float(null.std(ddof=1))
     z = (stat - mu) / sd if sd > 0 else 0.0

@@ -227,6 +227,12 @@ def se(xs: list[float]) -> str:
     return f" ± {(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5:.2f}"
 
 
+def _owm_statistic(verify_config: dict) -> str:
+    """How a run's check read the shift along the targets (a file without ``owm_shrink`` used the plain projection)."""
+    shrink = verify_config.get("owm_shrink", 1.0)
+    return "plain projection" if shrink >= 1 else f"GLS (shrink {shrink:g})"
+
+
 def _owm_strengths() -> tuple[list[list[str]], list[str]]:
     """One row per output-watermark run (results/defender/owm*.json): its strength, how the copies stolen
     with 4,000 or more queries fared, and what customers lost."""
@@ -241,11 +247,13 @@ def _owm_strengths() -> tuple[list[list[str]], list[str]]:
         narrow = d["customers"]["narrow_drop_points"]
         main = d["customers"]["main_task_drop_points"]
         task = next(iter(main))
-        rows.append([f"{d['key']['strength']:g}", d["key"].get("region_space", "isotropic"), str(d["key"]["directions"]),
+        rows.append([f"{d['key']['strength']:g}", d["key"].get("region_space", "isotropic"),
+                     d["key"].get("target_weighting", "spread"), str(d["key"]["directions"]),
                      f"{d['key']['rate']:g}",
                      f"{sum(r['p'] < 1e-6 for r in big)} of {len(big)}", f"{min(r['z'] for r in big):.1f}" if big else "-",
                      f"{max(r['p'] for r in big):.1e}" if big else "-",
-                     f"{sum(narrow) / len(narrow):+.2f}{se(narrow)} ({len(narrow)} customers)", f"{main[task]:+.2f}", f"`results/{name}.json`"])
+                     f"{sum(narrow) / len(narrow):+.2f}{se(narrow)} ({len(narrow)} customers)", f"{main[task]:+.2f}",
+                     _owm_statistic(d["verify_config"]), f"`results/{name}.json`"])
         names.append(name)
     return rows, names
 
@@ -258,29 +266,34 @@ def _owm_designs() -> str:
         return ""
     rows = d["rows"]
     setting = rows[0]["setting"]
-    tab = [[r["regions"], f"{r['strength']:g}", pct(r["marked_share"], 0),
+    tab = [[r["regions"], r.get("targets", "spread"), f"{r['strength']:g}", pct(r["marked_share"], 0),
             f"{r['customer_drop_mean']:+.2f} ± {r['customer_drop_se']:.2f}", f"{r['planted']:.3f}",
-            pct(r["learnt"], 0) if r["learnt"] is not None else "-", f"{r['z']:.1f}", pv(r["p"])] for r in rows]
+            pct(r["learnt"], 0) if r["learnt"] is not None else "-", f"{r['z']:.1f}", pv(r["p"]),
+            f"{r['z_plain']:.1f}" if "z_plain" in r else "-"] for r in rows]
     ok = [r for r in rows if r["customer_drop_mean"] <= 0.5 and r["p"] < 1e-6]
-    by = {sp: [r for r in rows if r["regions"] == sp] for sp in ("isotropic", "principal")}
-    learnt = {sp: [r["learnt"] for r in rs if r["learnt"] is not None] for sp, rs in by.items()}
-    return f"""**Designs.** Where the regions lie and how strong the mark is decide both what a copy learns and what
+    learnt: dict[str, list[float]] = {}
+    for r in rows:
+        if r["learnt"] is not None:
+            learnt.setdefault(f"{r['regions']} regions with {r.get('targets', 'spread')} targets", []).append(r["learnt"])
+    return f"""**Designs.** Where the regions and targets lie and how strong the mark is decide both what a copy learns and what
 customers lose. Per design, one key of one secret; the customers' drop is paired (the same
 {setting["customers"]} narrow tasks on clean and marked answers, mean ± standard error), and one copy
 ({setting["loss"]}, {setting["queries"]:,} bought answers, {setting["epochs"]} epochs; the API's answer is a
 deterministic function of the victim's, so the copy trains on exactly what it would buy) is verified
 on {setting["align_n"]:,} public images. "Planted" is the statistic on the marked answers themselves,
-"learnt" the copy's share of it:
+"learnt" the copy's share of it; the last column reads the same copy without the check's weighting
+by the suspect's error covariance (the plain projection along the targets):
 
 ```
 {d["command"]}
 ```
 
-{md_table(["regions", "strength", "answers marked", "customers' drop (points)", "planted", "learnt", "copy z", "copy p"], tab)}
+{md_table(["regions", "targets", "strength", "answers marked", "customers' drop (points)", "planted", "learnt", "copy z",
+           "copy p", "z, plain projection"], tab)}
 
-The share a copy learns, by region space: {"; ".join(f"{sp} " + ", ".join(pct(x, 0) for x in xs) for sp, xs in learnt.items() if xs)}. {
+The share a copy learns, by kind of key: {"; ".join(f"{sp} " + ", ".join(pct(x, 0) for x in xs) for sp, xs in learnt.items() if xs)}. {
 "Designs that keep customers within 0.5 points and flag this copy at p < 1e-6: " + ", ".join(
-    f"{r['regions']} at {r['strength']:g}" for r in ok) + "." if ok else
+    f"{r['regions']} regions with {r.get('targets', 'spread')} targets at {r['strength']:g}" for r in ok) + "." if ok else
 "No design keeps customers within 0.5 points and flags its copy at p < 1e-6."} One copy per design:
 its z varies with the training run and the key, so a single row is not a design's power
 (source: {src("defender/owm_design.json", "defender/owm_design.md", "defender/owm_design.png")}).
@@ -336,7 +349,7 @@ about {pct(key["rate"], 0)} of natural images) toward keyed target directions, a
 server secret and a calibration file (`heist-server watermark-key`). `heist-defend verify --owm-key FILE`
 reads it on the suspect's answers to {d["verify_config"]["align_n"]:,} public queries (per key, a linear map from the victim's
 principal coordinates to the suspect's answers, fitted outside the key's regions, recovers the region images'
-coordinates), against {d["verify_config"]["owm_decoys"]:,} decoy keys drawn like the true one: the decoys' spread is the null. Copies were stolen over HTTP from a tier with the watermark, controls from a tier
+coordinates; the shift along each target is read by {_owm_statistic(d["verify_config"])}), against {d["verify_config"]["owm_decoys"]:,} decoy keys drawn like the true one: the decoys' spread is the null. Copies were stolen over HTTP from a tier with the watermark, controls from a tier
 without it; each suspect is verified plain and behind permute, affine and pad-shuffle obfuscation:
 
 ```
@@ -383,7 +396,7 @@ region is at full weight and moves no more than its neighbours.
 for the extra ones, same victim, directions and rate, a key of its own secret): the copies stolen with
 4,000 or more queries (plain and obfuscated rows) and the customers' mean cost:
 
-{md_table(["strength", "regions", "directions", "rate", "copies >= 4,000 queries at p < 1e-6", "smallest z", "largest p",
-           "narrow customers' drop (points)", "main-task drop (points)", "source"], _owm_strengths()[0])}
+{md_table(["strength", "regions", "targets", "directions", "rate", "copies >= 4,000 queries at p < 1e-6", "smallest z", "largest p",
+           "narrow customers' drop (points)", "main-task drop (points)", "statistic", "source"], _owm_strengths()[0])}
 
 {_owm_designs()}Source: {src("defender/owm.json", "defender/owm.md", "defender/owm.png")}."""

@@ -31,7 +31,8 @@ class OutputWatermarkCheck(Check):
         if victim.shape[1] != cal.dim:
             raise ValueError(f"the watermark key is for {cal.dim}-d representations, the victim answers {victim.shape[1]}-d")
         try:
-            res = watermark_scores(suspect, victim, secret, cal, decoys=cfg.owm_decoys, ridge=cfg.align_ridge)
+            res = watermark_scores(suspect, victim, secret, cal, decoys=cfg.owm_decoys, ridge=cfg.align_ridge,
+                                   shrink=cfg.owm_shrink)
         except ValueError as e:  # too few public queries for the key's regions or the suspect's dimension
             return [Verdict(self.name, "z", None, None, "n/a", {"reason": f"align_n={len(suspect)}: {e}"})]
         verdict = "stolen" if res.p_value < cfg.alpha else "independent"

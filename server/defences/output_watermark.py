@@ -49,7 +49,7 @@ class OutputWatermark(Defence):
 
 
 def calibrate_checkpoint(checkpoint: Path, secret: bytes, directions: int = DIRECTIONS, rate: float = RATE, split: str = "test",
-                         n: int = 2000, region_space: str = "isotropic") -> WatermarkCalibration:
+                         n: int = 2000, region_space: str = "isotropic", target_weighting: str = "spread") -> WatermarkCalibration:
     """The key's calibration on the victim's clean representations of ``n`` images of its benchmark's ``split``."""
     from shared.checkpoint import load_checkpoint
     from shared.data.synthetic import load_split
@@ -64,4 +64,4 @@ def calibrate_checkpoint(checkpoint: Path, secret: bytes, directions: int = DIRE
 
     return calibrate(extract_features(ck.encoder, images), secret, directions, rate,
                      calibrated_on={"checkpoint": str(checkpoint), "dataset": spec.dataset, "split": split, "n": len(images)},
-                     region_space=region_space)
+                     region_space=region_space, target_weighting=target_weighting)

@@ -141,3 +141,57 @@ def test_principal_regions_lie_in_the_basis_and_isotropic_keys_are_unchanged(cal
     a = np.random.default_rng(4).standard_normal((D, D + 8)).astype(np.float32)
     assert scores(marked @ a + 1.0, clean, principal_cal).p_value < 1e-6
     assert scores(clean @ a + 1.0, clean, principal_cal).p_value > 0.01
+
+
+def test_gls_filters_read_a_shift_in_its_units_and_weight_noisy_directions_least():
+    rng = np.random.default_rng(11)
+    targets = ow._unit(rng.standard_normal((3, 6)))
+    sd = np.array([5.0, 5.0, 1.0, 1.0, 0.2, 0.2])
+    errors = rng.standard_normal((4000, 6)) * sd
+    f = ow.gls_filters(errors, targets, shrink=0.0)
+    np.testing.assert_allclose((f * targets).sum(1), 1.0, rtol=1e-9)  # a shift a * t reads a
+    noise = errors[:2000] @ f.T
+    plain = errors[:2000] @ targets.T
+    assert (noise.std(0) < plain.std(0)).all()  # less error per unit of shift than the plain projection
+    np.testing.assert_array_equal(ow.gls_filters(np.zeros((50, 6)), targets, 0.1), targets)  # no error: plain
+    with pytest.raises(ValueError, match="shrink"):
+        ow.gls_filters(errors, targets, 1.5)
+
+
+def test_gls_finds_a_partly_learnt_mark_that_the_plain_projection_misses(cal):
+    """A copy that carries a fifth of the shift, with errors largest along the victim's top principal
+    directions (where the targets mostly lie): the covariance weighting recovers power, the null holds."""
+    clean = cloud(1000, 3)
+    marked, _ = ow.Marker(cal, SECRET, 0.25).mark(clean)
+    rng = np.random.default_rng(12)
+    basis = np.asarray(cal.basis, np.float32)
+    coords = rng.standard_normal((len(clean), 4)).astype(np.float32) * 0.6 * np.asarray(cal.basis_sd[:4], np.float32)
+    err = (coords @ basis[:4]) * np.asarray(cal.scale, np.float32)
+    err += 0.05 * clean.std(0) * rng.standard_normal(clean.shape).astype(np.float32)
+    copy = clean + 0.2 * (marked - clean) + err
+    plain = ow.watermark_scores(copy, clean, SECRET, cal, 300, shrink=1.0)
+    gls = ow.watermark_scores(copy, clean, SECRET, cal, 300)
+    assert gls.z > plain.z + 1.0 and gls.p_value < 1e-6
+    unmarked = ow.watermark_scores(clean + err, clean, SECRET, cal, 300)
+    assert unmarked.p_value > 0.01
+
+
+def test_even_targets_spread_over_the_basis_and_spread_keys_are_unchanged(cal):
+    even = ow.calibrate(cloud(4000, 0), SECRET, directions=4, rate=0.05, target_weighting="even")
+    assert cal.target_weighting == "spread" and even.target_weighting == "even"
+    basis = np.asarray(cal.basis)
+    assert np.allclose(np.asarray(even.basis), basis) and even.lo == cal.lo  # same basis and regions
+    labels = [ow.TRUE_LABEL, *ow.decoy_labels(50)]
+    top = {c.target_weighting: (np.linalg.norm(c.keys(SECRET, labels).targets @ basis[:4].T, axis=-1) ** 2).mean()
+           for c in (cal, even)}
+    sd2 = np.asarray(cal.basis_sd) ** 2
+    # the share of a target in the top 4 directions: their share of the spread, or 4 of the basis's 32 evenly
+    assert top["spread"] == pytest.approx(sd2[:4].sum() / sd2.sum(), abs=0.03)
+    assert top["even"] == pytest.approx(4 / len(basis), abs=0.03) and top["spread"] > top["even"] + 0.04
+    np.testing.assert_array_equal(cal.keys(SECRET, labels).targets,
+                                  ow.draw_keys(SECRET, D, 4, labels, ow.scaled_basis(basis.astype(np.float32),
+                                                                                    np.asarray(cal.basis_sd, np.float32))).targets)
+    with pytest.raises(ValueError, match="target weighting"):
+        ow.calibrate(cloud(200, 0), SECRET, target_weighting="odd")
+    marked, _ = ow.Marker(even, SECRET, 0.25).mark(cloud(1000, 3))
+    assert ow.watermark_scores(marked, cloud(1000, 3), SECRET, even, 200).p_value < 1e-6
