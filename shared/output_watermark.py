@@ -30,9 +30,10 @@ images outside the key's regions (a map fitted on marked answers would learn to 
 through it, each region image's coordinates are recovered from the suspect's answer and compared
 with the victim's clean coordinates along the target, weighting the directions by the inverse of the
 suspect's own error covariance outside the regions (generalised least squares, :func:`gls_filters`);
-the weighted mean shift, averaged over the K pairs, is the statistic. Decoy keys drawn from the same generator are scored on the same answers:
-for a suspect that never saw the mark the true key is one more draw from the decoys' distribution
-(exchangeable), so the decoys give the null without any model of the suspect.
+the weighted mean shift, averaged over the K pairs, is the statistic. Decoy keys drawn from the
+same generator are scored on the same answers: for a suspect that never saw the mark the true key
+is one more draw from the decoys' distribution (exchangeable), so the decoys give the null without
+any model of the suspect.
 """
 
 from __future__ import annotations
@@ -281,9 +282,9 @@ def gls_filters(errors: np.ndarray, targets: np.ndarray, shrink: float) -> np.nd
     r = targets.shape[1]
     cov = np.cov(errors.T) if len(errors) > 1 else np.zeros((r, r))
     level = float(np.trace(cov)) / r
-    cov = (1 - shrink) * cov + (shrink * level + 1e-12 * max(level, 1e-30)) * np.eye(r)
     if level <= 0:  # a suspect that reproduces the victim exactly outside the regions: no error to weight by
         return targets
+    cov = (1 - shrink) * cov + (shrink + 1e-9) * level * np.eye(r)
     f = np.linalg.solve(cov, targets.T).T
     return f / (f * targets).sum(1, keepdims=True)
 
@@ -305,8 +306,8 @@ def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibra
     The comparison along the target is a generalised least-squares one: the recovered-minus-clean
     differences of the images outside the regions give the copy's error covariance ``S`` (shrunk by
     ``shrink`` toward its mean variance), and a difference ``d`` reads as ``<S^-1 t, d> / <S^-1 t, t>``:
-    still the shift along ``t`` in its units (a perfect copy of marked answers reads the planted shift),
-    with the directions in which the suspect errs most weighted least. ``shrink=1`` is the plain
+    still the shift along ``t`` in its units (a difference ``a t`` reads ``a``), with the directions in
+    which the suspect errs most weighted least. ``shrink=1`` is the plain
     projection ``<t, d>``."""
     center, scale = np.asarray(cal.center, np.float32), np.asarray(cal.scale, np.float32)
     basis = np.asarray(cal.basis, np.float64)  # (r, D), orthonormal rows

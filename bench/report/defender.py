@@ -258,6 +258,32 @@ def _owm_strengths() -> tuple[list[list[str]], list[str]]:
     return rows, names
 
 
+def _owm_removals() -> list[list[str]]:
+    """The removal attacks of every output-watermark run other than the main one (results/defender/owm_s*.json)."""
+    rows = []
+    for path in sorted(results_dir().glob("defender/owm_s*.json")):
+        d = load(f"defender/{path.stem}")
+        key = f"{d['key']['strength']:g}, {d['key'].get('target_weighting', 'spread')} targets, {_owm_statistic(d['verify_config'])}"
+        rows += [[key, LOSSES.get(r["loss"], r["loss"]).split(" (")[0], r["attack"], f"{r['z_plain']:.1f}", pv(r["p_plain"]),
+                  pv(r["p_worst_obfuscated"]), pct(r["thief_probe"]) if r["thief_probe"] is not None else "",
+                  "-" if r["attack"] == "none" else f"{r['probe_cost_points']:+.1f}", f"`results/defender/{path.stem}.json`"]
+                 for r in d["removal"] if r["attack"] != "none"]
+    return rows
+
+
+def _owm_removal_text() -> str:
+    rows = _owm_removals()
+    if not rows:
+        return ""
+    return f"""
+The removal attacks against the other runs that include them (the probe cost against the thief's plain
+copy of the same loss and budget in that run):
+
+{md_table(["run (strength, targets, statistic)", "loss", "attack", "z (plain)", "p (plain)", "largest p, obfuscated",
+           "thief's probe", "probe cost (points)", "source"], rows)}
+"""
+
+
 def _owm_designs() -> str:
     """The design bench (results/defender/owm_design.json): what a copy learns against what customers lose."""
     try:
@@ -398,5 +424,5 @@ for the extra ones, same victim, directions and rate, a key of its own secret): 
 
 {md_table(["strength", "regions", "targets", "directions", "rate", "copies >= 4,000 queries at p < 1e-6", "smallest z", "largest p",
            "narrow customers' drop (points)", "main-task drop (points)", "statistic", "source"], _owm_strengths()[0])}
-
+{_owm_removal_text()}
 {_owm_designs()}Source: {src("defender/owm.json", "defender/owm.md", "defender/owm.png")}."""
