@@ -97,12 +97,19 @@ class WatermarkCalibration(BaseModel):
         return self
 
     def target_basis(self) -> np.ndarray:
-        sd = np.asarray(self.basis_sd, np.float32)
-        return scaled_basis(np.asarray(self.basis, np.float32), sd if self.target_weighting == "spread" else np.ones_like(sd))
+        return scaled_basis(np.asarray(self.basis, np.float32),
+                            target_weights(np.asarray(self.basis_sd, np.float32), self.target_weighting))
 
     def keys(self, secret: bytes, labels: list[str]) -> Keys:
         """The keys of ``labels`` (``TRUE_LABEL`` and decoys) this calibration's secret and spaces give."""
         return draw_keys(secret, self.dim, self.directions, labels, self.target_basis(), self.region_space)
+
+
+def target_weights(basis_sd: np.ndarray, target_weighting: str) -> np.ndarray:
+    """How much each basis direction weighs in a target: its spread, or 1 for all (``even``)."""
+    if target_weighting not in TARGET_WEIGHTINGS:
+        raise ValueError(f"unknown target weighting {target_weighting!r}; choose one of {', '.join(TARGET_WEIGHTINGS)}")
+    return basis_sd if target_weighting == "spread" else np.ones_like(basis_sd)
 
 
 def scaled_basis(basis: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -198,10 +205,8 @@ def calibrate(reps: np.ndarray, secret: bytes, directions: int = DIRECTIONS, rat
     _, sv, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
     r = min(rank, len(sv))
     basis, basis_sd = vt[:r], sv[:r] / np.sqrt(len(z))
-    if target_weighting not in TARGET_WEIGHTINGS:
-        raise ValueError(f"unknown target weighting {target_weighting!r}; choose one of {', '.join(TARGET_WEIGHTINGS)}")
-    weights = basis_sd if target_weighting == "spread" else np.ones_like(basis_sd)
-    key = draw_keys(secret, reps.shape[1], directions, [TRUE_LABEL], scaled_basis(basis, weights), region_space)
+    key = draw_keys(secret, reps.shape[1], directions, [TRUE_LABEL], scaled_basis(basis, target_weights(basis_sd, target_weighting)),
+                    region_space)
     lo, hi = ramp_bounds(z @ key.regions[0].T, rate)
     return WatermarkCalibration(dim=reps.shape[1], directions=directions, rate=rate, center=tuple(map(float, center)),
                                 scale=tuple(map(float, scale)), lo=tuple(map(float, lo)), hi=tuple(map(float, hi)),
@@ -276,9 +281,12 @@ class WatermarkScores:
 
 def gls_filters(errors: np.ndarray, targets: np.ndarray, shrink: float) -> np.ndarray:
     """(K, r) filters ``f = S^-1 t / <S^-1 t, t>`` for targets (K, r), with ``S`` the covariance of ``errors``
-    (n, r) shrunk toward its mean variance: ``<f, t> = 1``, so a filter reads a shift along ``t`` in its units."""
+    (n, r) shrunk toward its mean variance: ``<f, t> = 1``, so a filter reads a shift along ``t`` in its units.
+    ``shrink=1`` (a multiple of the identity) gives the targets themselves, the plain projection."""
     if not 0 <= shrink <= 1:
         raise ValueError(f"shrink must be in [0, 1], got {shrink}")
+    if shrink == 1:
+        return targets
     r = targets.shape[1]
     cov = np.cov(errors.T) if len(errors) > 1 else np.zeros((r, r))
     level = float(np.trace(cov)) / r
@@ -338,7 +346,7 @@ def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibra
         diff = (recovered - c) / norms  # back to the unit (normalised) scale
         outside = np.ones(len(c), bool)
         outside[rows] = False
-        filt = targets[i] if shrink >= 1 else gls_filters(diff[outside], targets[i], shrink)
+        filt = gls_filters(diff[outside], targets[i], shrink)
         wr = w[rows]
         shift = diff[rows] @ filt.T
         out[i] = (shift * wr).sum(0) / np.maximum(wr.sum(0), 1e-9)
