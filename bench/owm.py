@@ -49,7 +49,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench.harness import command, output, rel, table, write_json
-from shared.output_watermark import DIRECTIONS, RATE, REGION_SPACES, TARGET_WEIGHTINGS
+from shared.output_watermark import DIRECTIONS, FULL_SHARE, RATE, REGION_SPACES, TARGET_WEIGHTINGS
 from shared.proc import run as run_child
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,10 +76,11 @@ def ensure_key(args: argparse.Namespace, secret: bytes):
     if path.exists():
         cal = load_calibration(path)
         if (cal.fingerprint == fingerprint(secret) and cal.directions == args.directions and cal.rate == args.rate
-                and cal.region_space == args.region_space and cal.target_weighting == args.target_weighting):
+                and cal.region_space == args.region_space and cal.target_weighting == args.target_weighting
+                and cal.full_share == args.full_share):
             return path, cal
     cal = calibrate_checkpoint(args.victim, secret, args.directions, args.rate, region_space=args.region_space,
-                               target_weighting=args.target_weighting)
+                               target_weighting=args.target_weighting, full_share=args.full_share)
     path.write_text(cal.model_dump_json(indent=1))
     return path, cal
 
@@ -287,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strength", type=float, default=0.2)
     ap.add_argument("--directions", type=int, default=DIRECTIONS)
     ap.add_argument("--rate", type=float, default=RATE)
+    ap.add_argument("--full-share", type=float, default=FULL_SHARE,
+                    help="share of each direction's marked inputs at full strength (heist-server watermark-key --full-share)")
     ap.add_argument("--region-space", choices=REGION_SPACES, default=REGION_SPACES[0],
                     help="the key's region normals (heist-server watermark-key --region-space)")
     ap.add_argument("--target-weighting", choices=TARGET_WEIGHTINGS, default=TARGET_WEIGHTINGS[0],
@@ -335,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         setting["region_space"] = args.region_space
     if args.target_weighting != TARGET_WEIGHTINGS[0]:
         setting["target_weighting"] = args.target_weighting
+    if args.full_share != FULL_SHARE:
+        setting["full_share"] = args.full_share
     stamp = args.work / "setting.json"
     if stamp.exists() and json.loads(stamp.read_text()) != setting:
         raise SystemExit(f"{args.work} holds copies made with {stamp.read_text().strip()}; use another --work for {setting}")
@@ -415,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_json("defender", args.out, {
         "command": cmd, "key": {"directions": cal.directions, "rate": cal.rate, "strength": args.strength,
                                 "region_space": cal.region_space, "target_weighting": cal.target_weighting,
+                                "full_share": cal.full_share,
                                 "calibrated_on": cal.calibrated_on}, "verify_config": cfg.model_dump(),
         "summary": summary, "rows": rows, "thief_probes": probes, "removal": removal, "removal_budget": args.removal_budget, "removal_sweep": sweep,
         "customers": customers,

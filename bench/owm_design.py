@@ -1,8 +1,12 @@
 """Output watermark designs: how much of the mark a copy learns against what customers lose.
 
-For each design (``REGIONS:STRENGTH[:TARGETS]``: region normals ``isotropic`` or ``principal``,
-targets weighted by the principal directions' ``spread`` (the default) or ``even``,
-:mod:`shared.output_watermark`), with one key of the bench's secret:
+A design is ``REGIONS:STRENGTH[:TARGETS[:RATE[:FULL_SHARE]]]``: region normals ``isotropic`` or
+``principal``, targets weighted by the principal directions' ``spread`` (the default) or ``even``, the
+share of natural inputs each direction marks (default 0.05) and the share of those marked at full
+strength (default 0.5; the rest on a linear ramp), :mod:`shared.output_watermark`. Each design is
+measured with ``--keys`` keys (key 0 from the bench's secret, key ``i`` from the secret with ``/key-i``
+appended): what customers lose varies from key to key as much as between designs, so a design's
+cost is its mean over keys. Per key:
 
 1. **Customers.** ``--customers`` narrow customers (the trade-off bench's task: 3 classes, 1,200
    test images, ``LegitTask`` seeds 7, 8, ...) fit the customers' linear probe (``testbed.legit``:
@@ -17,10 +21,10 @@ targets weighted by the principal directions' ``spread`` (the default) or ``even
 
 Local on purpose: with no other defence on a tier, the API's answer is ``Marker.mark`` of the
 victim's answer, so a thief buying over HTTP gets exactly these answers; ``bench.owm`` steals over
-HTTP for the design of record. Each design's result is kept in ``<work>/<design>.json`` (a rerun
-resumes). Writes results/defender/<out>.json, .md and .png (default out: owm_design).
+HTTP for the design of record. Each (design, key) result is kept in ``<work>/<design>-key<i>.json``
+(a rerun resumes). Writes results/defender/<out>.json, .md and .png (default out: owm_design).
 
-    python -m bench.owm_design                      # the default designs (~30 min on 2 cores)
+    python -m bench.owm_design                      # the default designs, 3 keys each (~1 h on one core)
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,25 +42,71 @@ from bench.harness import command, output, table, write_json
 from bench.owm import bench_secret
 
 REPO = Path(__file__).resolve().parent.parent
-DESIGNS = ["isotropic:0.15", "isotropic:0.2", "isotropic:0.1:even", "isotropic:0.15:even", "isotropic:0.2:even",
-           "principal:0.15:even"]
+DESIGNS = ["isotropic:0.2:even", "isotropic:0.2:even:0.1:0.05", "isotropic:0.22:even:0.1:0.05"]
 
 
-def parse_design(text: str) -> tuple[str, float, str]:
-    """``REGIONS:STRENGTH[:TARGETS]`` as (regions, strength, targets)."""
-    from shared.output_watermark import REGION_SPACES, TARGET_WEIGHTINGS
+@dataclass(frozen=True)
+class Design:
+    regions: str
+    strength: float
+    targets: str
+    rate: float
+    full_share: float
+
+    @property
+    def name(self) -> str:
+        from shared.output_watermark import FULL_SHARE, RATE
+
+        return (f"{self.regions}-{self.strength:g}" + ("" if self.targets == "spread" else f"-{self.targets}")
+                + ("" if self.rate == RATE else f"-r{self.rate:g}") + ("" if self.full_share == FULL_SHARE else f"-f{self.full_share:g}"))
+
+
+def parse_design(text: str) -> Design:
+    """``REGIONS:STRENGTH[:TARGETS[:RATE[:FULL_SHARE]]]`` as a :class:`Design`."""
+    from shared.output_watermark import FULL_SHARE, RATE, REGION_SPACES, TARGET_WEIGHTINGS
 
     parts = text.split(":")
-    targets = parts[2] if len(parts) == 3 else TARGET_WEIGHTINGS[0]
+    targets = parts[2] if len(parts) >= 3 else TARGET_WEIGHTINGS[0]
     try:
-        ok = len(parts) in (2, 3) and parts[0] in REGION_SPACES and targets in TARGET_WEIGHTINGS
+        ok = 2 <= len(parts) <= 5 and parts[0] in REGION_SPACES and targets in TARGET_WEIGHTINGS
         strength = float(parts[1]) if ok else -1.0
+        rate = float(parts[3]) if len(parts) >= 4 else RATE
+        full = float(parts[4]) if len(parts) == 5 else FULL_SHARE
     except ValueError:
-        strength = -1.0
-    if not 0 < strength <= 1:
-        raise argparse.ArgumentTypeError(f"a design is REGIONS:STRENGTH[:TARGETS] with REGIONS in {REGION_SPACES}, STRENGTH "
-                                         f"in (0, 1] and TARGETS in {TARGET_WEIGHTINGS}, got {text!r}")
-    return parts[0], strength, targets
+        ok = False
+    if not ok or not 0 < strength <= 1 or not 0 < rate <= 0.25 or not 0 < full <= 1:
+        raise argparse.ArgumentTypeError(
+            f"a design is REGIONS:STRENGTH[:TARGETS[:RATE[:FULL_SHARE]]] with REGIONS in {REGION_SPACES}, STRENGTH in (0, 1], "
+            f"TARGETS in {TARGET_WEIGHTINGS}, RATE in (0, 0.25] and FULL_SHARE in (0, 1], got {text!r}")
+    return Design(parts[0], strength, targets, rate, full)
+
+
+def key_secret(secret: bytes, i: int) -> bytes:
+    """Key ``i`` of a design: the bench's secret itself for key 0."""
+    return secret if i == 0 else secret + f"/key-{i}".encode()
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per design (in order), its keys' rows pooled: the customers' drop over every key and customer with
+    the standard error over keys' means (over customers with one key), and each key's drop and copy z."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        d = out.setdefault(r["design"], {"design": r["design"], "rows": []})
+        d["rows"].append(r)
+    for d in out.values():
+        rs = d.pop("rows")
+        means = np.array([r["customer_drop_mean"] for r in rs])
+        all_drops = np.concatenate([r["customer_drops"] for r in rs])
+        se = (float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1
+              else float(all_drops.std(ddof=1) / np.sqrt(len(all_drops))) if len(all_drops) > 1 else 0.0)
+        learnt = [r["learnt"] for r in rs if r["learnt"] is not None]
+        d.update({k: rs[0][k] for k in ("regions", "targets", "strength", "rate", "full_share")})
+        d.update({"keys": len(rs), "customer_drop_mean": round(float(all_drops.mean()), 3), "customer_drop_se": round(se, 3),
+                  "key_drops": [r["customer_drop_mean"] for r in rs], "marked_share": round(float(np.mean([r["marked_share"] for r in rs])), 3),
+                  "planted": round(float(np.mean([r["planted"] for r in rs])), 4),
+                  "learnt": round(float(np.mean(learnt)), 3) if learnt else None,
+                  "z": [r["z"] for r in rs], "z_plain": [r["z_plain"] for r in rs], "p_max": max(r["p"] for r in rs)})
+    return list(out.values())
 
 
 def customer_drops(clean: np.ndarray, marked: np.ndarray, labels: np.ndarray, tasks: list[np.ndarray],
@@ -77,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--victim", type=Path, default=REPO / "assets" / "victim-cpu")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "owm_design", help="secret and per-design results")
     ap.add_argument("--designs", nargs="+", type=parse_design, default=[parse_design(d) for d in DESIGNS],
-                    metavar="REGIONS:STRENGTH[:TARGETS]")
+                    metavar="REGIONS:STRENGTH[:TARGETS[:RATE[:FULL_SHARE]]]")
+    ap.add_argument("--keys", type=int, default=3, help="keys per design (customers' cost and the copy's z vary by key)")
     ap.add_argument("--directions", type=int, default=8)
-    ap.add_argument("--rate", type=float, default=0.05)
     ap.add_argument("--customers", type=int, default=40)
     ap.add_argument("--queries", type=int, default=4000, help="the copy's bought answers (attack split)")
     ap.add_argument("--loss", default="mse")
@@ -89,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="owm_design")
     args = ap.parse_args(argv)
+    if args.keys < 1:
+        ap.error("--keys must be at least 1")
 
     import torch
 
@@ -116,33 +169,36 @@ def main(argv: list[str] | None = None) -> int:
     clean_attack = extract_features(victim.encoder, attack)
     public = load_split(spec, "public", progress=False).images[:args.align_n]
     clean_public = extract_features(victim.encoder, public)
-    setting = {"victim": str(args.victim), "directions": args.directions, "rate": args.rate, "customers": args.customers,
+    setting = {"victim": str(args.victim), "directions": args.directions, "customers": args.customers,
                "queries": args.queries, "loss": args.loss, "epochs": args.epochs, "align_n": args.align_n,
                "decoys": args.decoys}
     base: list[float] | None = None
     rows = []
-    for regions, strength, targets in tqdm(args.designs, desc="designs", unit="design"):
-        name = f"{regions}-{strength:g}" + ("" if targets == "spread" else f"-{targets}")
-        path = args.work / f"{name}.json"
+    units = [(d, k) for d in args.designs for k in range(args.keys)]
+    for design, k in tqdm(units, desc="designs x keys", unit="key"):
+        path = args.work / f"{design.name}-key{k}.json"
         kept = json.loads(path.read_text()) if path.exists() else None
         if kept is not None and kept["setting"] == setting:
             rows.append(kept)
             base = kept["clean_accuracy"]
             continue
-        cal = calibrate(clean_test[:2000], secret, args.directions, args.rate, region_space=regions, target_weighting=targets,
+        key = key_secret(secret, k)
+        cal = calibrate(clean_test[:2000], key, args.directions, design.rate, region_space=design.regions,
+                        target_weighting=design.targets, full_share=design.full_share,
                         calibrated_on={"checkpoint": str(args.victim), "split": "test", "n": 2000})
-        marker = Marker(cal, secret, strength)
+        marker = Marker(cal, key, design.strength)
         marked_test, weights = marker.mark(clean_test)
         base, marked_acc = customer_drops(clean_test, marked_test, labels, tasks, base)
         drops = 100 * (np.asarray(base) - np.asarray(marked_acc))
         ckpt, _ = train_stolen(attack, marker.mark(clean_attack)[0],
                                StealConfig(loss=args.loss, epochs=args.epochs, batch_size=128), progress=False)
         copy = extract_features(ckpt.encoder, public)
-        res = watermark_scores(copy, clean_public, secret, cal, decoys=args.decoys)
-        plain = watermark_scores(copy, clean_public, secret, cal, decoys=args.decoys, shrink=1.0)  # no covariance weighting
-        planted = float(key_statistics(marker.mark(clean_public)[0], clean_public, cal, cal.keys(secret, [TRUE_LABEL]),
+        res = watermark_scores(copy, clean_public, key, cal, decoys=args.decoys)
+        plain = watermark_scores(copy, clean_public, key, cal, decoys=args.decoys, shrink=1.0)  # no covariance weighting
+        planted = float(key_statistics(marker.mark(clean_public)[0], clean_public, cal, cal.keys(key, [TRUE_LABEL]),
                                        shrink=1.0)[0].mean())  # the plain shift along the targets
-        row = {"design": name, "regions": regions, "targets": targets, "strength": strength, "setting": setting,
+        row = {"design": design.name, "key": k, "regions": design.regions, "targets": design.targets,
+               "strength": design.strength, "rate": design.rate, "full_share": design.full_share, "setting": setting,
                "customer_drop_mean": round(float(drops.mean()), 3),
                "customer_drop_se": round(float(drops.std(ddof=1) / np.sqrt(len(drops))), 3),
                "customer_drops": [round(float(x), 2) for x in drops], "clean_accuracy": base,
@@ -151,26 +207,29 @@ def main(argv: list[str] | None = None) -> int:
                "learnt": round(res.statistic / planted, 3) if planted > 0 else None}
         path.write_text(json.dumps(row, indent=1))
         rows.append(row)
-        tqdm.write(f"{name}: customers {row['customer_drop_mean']:+.2f} ± {row['customer_drop_se']:.2f} points, "
+        tqdm.write(f"{design.name} key {k}: customers {row['customer_drop_mean']:+.2f} ± {row['customer_drop_se']:.2f} points, "
                    f"copy z {row['z']:.2f} (learnt {row['learnt']})")
-    tab = [{"design": r["design"], "marked": f"{100 * r['marked_share']:.0f}%",
-            "customers' drop (points)": f"{r['customer_drop_mean']:+.2f} ± {r['customer_drop_se']:.2f}",
-            "planted": f"{r['planted']:.3f}", "learnt": f"{100 * r['learnt']:.0f}%" if r["learnt"] is not None else "-",
-            "copy z": f"{r['z']:.2f}", "copy p": f"{r['p']:.1e}",
-            "z, plain projection": f"{r['z_plain']:.2f}" if "z_plain" in r else "-"} for r in rows]
-    cols = ["design", "marked", "customers' drop (points)", "planted", "learnt", "copy z", "copy p", "z, plain projection"]
+    designs = summarise(rows)
+    tab = [{"design": d["design"], "keys": d["keys"], "marked": f"{100 * d['marked_share']:.0f}%",
+            "customers' drop (points)": f"{d['customer_drop_mean']:+.2f} ± {d['customer_drop_se']:.2f}",
+            "per key": " / ".join(f"{x:+.2f}" for x in d["key_drops"]),
+            "planted": f"{d['planted']:.3f}", "learnt": f"{100 * d['learnt']:.0f}%" if d["learnt"] is not None else "-",
+            "copy z per key": " / ".join(f"{x:.2f}" for x in d["z"]), "largest p": f"{d['p_max']:.1e}",
+            "z, plain projection": " / ".join(f"{x:.2f}" for x in d["z_plain"])} for d in designs]
+    cols = ["design", "keys", "marked", "customers' drop (points)", "per key", "planted", "learnt", "copy z per key",
+            "largest p", "z, plain projection"]
     text = table(tab, cols)
     print(text)
     cmd = command("bench.owm_design", argv)
-    path = write_json("defender", args.out, {"command": cmd, "victim": str(args.victim), "rows": rows})
-    png = plot(rows, output("defender", args.out + ".png"))
+    path = write_json("defender", args.out, {"command": cmd, "victim": str(args.victim), "designs": designs, "rows": rows})
+    png = plot(designs, output("defender", args.out + ".png"))
     output("defender", f"{args.out}.md").write_text("\n".join(["# Output watermark designs", "", f"`{cmd}`", "", "```", text,
                                                              "```", ""]))
     print(f"wrote {path} and {png}")
     return 0
 
 
-def plot(rows: list[dict], path: Path) -> Path:
+def plot(designs: list[dict], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,17 +237,19 @@ def plot(rows: list[dict], path: Path) -> Path:
     from scipy import stats
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
-        colour = "tab:blue" if r["regions"] == "isotropic" else "tab:orange"
-        shape = "o" if r.get("targets", "spread") == "spread" else "s"
-        ax.errorbar(r["customer_drop_mean"], r["z"], xerr=r["customer_drop_se"], fmt=shape, color=colour, capsize=3)
-        ax.annotate(r["design"], (r["customer_drop_mean"], r["z"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    for d in designs:
+        colour = "tab:blue" if d["full_share"] >= 0.5 else "tab:green"
+        shape = "o" if d["regions"] == "isotropic" else "s"
+        z = np.asarray(d["z"])
+        ax.errorbar(d["customer_drop_mean"], z.mean(), xerr=d["customer_drop_se"], yerr=[[z.mean() - z.min()], [z.max() - z.mean()]],
+                    fmt=shape, color=colour, capsize=3)
+        ax.annotate(d["design"], (d["customer_drop_mean"], z.mean()), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.axhline(float(stats.norm.isf(1e-6)), color="tab:red", ls=":", lw=1, label="p = 1e-6")
     ax.axvline(0.5, color="k", ls="--", lw=1, label="0.5 points")
-    ax.set_xlabel("narrow customers' probe drop (points, mean ± se)")
-    ax.set_ylabel("copy's watermark z")
-    ax.set_title("output watermark designs (blue: isotropic regions, orange: principal;\n"
-                 "circles: targets by spread, squares: even)", fontsize=10)
+    ax.set_xlabel("narrow customers' probe drop (points, mean over keys ± se)")
+    ax.set_ylabel("copy's watermark z (mean, range over keys)")
+    ax.set_title("output watermark designs (blue: half the marked inputs at full strength,\n"
+                 "green: a long ramp; circles: isotropic regions, squares: principal)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

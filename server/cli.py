@@ -105,10 +105,11 @@ def _cmd_watermark_key(args: argparse.Namespace) -> int:
         raise ValueError("set HEIST_SERVER_SECRET (at least 16 characters) to the secret the server will run with: "
                          "the key's vectors are drawn from it")
     cal = calibrate_checkpoint(Path(args.checkpoint), secret.encode(), args.directions, args.rate, args.split, args.n,
-                               args.region_space, args.target_weighting)
+                               args.region_space, args.target_weighting, args.full_share)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(cal.model_dump_json(indent=1))
-    print(f"watermark key: {cal.directions} directions ({cal.region_space} regions, {cal.target_weighting} targets), rate {cal.rate} each, calibrated on {cal.calibrated_on['n']} "
+    print(f"watermark key: {cal.directions} directions ({cal.region_space} regions, {cal.target_weighting} targets), rate {cal.rate} each "
+          f"({cal.full_share:g} of it at full strength), calibrated on {cal.calibrated_on['n']} "
           f"{cal.calibrated_on['split']} images -> {args.out}")
     return 0
 
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_report)
 
-    from shared.output_watermark import DIRECTIONS, RATE, REGION_SPACES, TARGET_WEIGHTINGS
+    from shared.output_watermark import DIRECTIONS, FULL_SHARE, RATE, REGION_SPACES, TARGET_WEIGHTINGS
 
     k = sub.add_parser("watermark-key", help="calibrate the output watermark's key (defence output_watermark) on the "
                                              "victim; its vectors come from HEIST_SERVER_SECRET, which the file does not hold")
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--directions", type=int, default=DIRECTIONS, help="region / target pairs (WARDEN's several directions; "
                    "default %(default)s)")
     k.add_argument("--rate", type=float, default=RATE, help="share of natural inputs each direction marks (default %(default)s)")
+    k.add_argument("--full-share", type=float, default=FULL_SHARE,
+                   help="share of those marked at full strength, the rest on a linear ramp (default %(default)s; a small share "
+                        "over a larger --rate is a gentler mark that copies learn better: bench.owm_design)")
     k.add_argument("--split", default="test", help="calibration images: a split of the victim's benchmark")
     k.add_argument("--n", type=int, default=2000, help="calibration images")
     k.add_argument("--region-space", choices=REGION_SPACES, default=REGION_SPACES[0],

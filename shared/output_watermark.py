@@ -16,8 +16,11 @@ learn and customers lose with each). For ``p_k = <z, u_k>`` the mark's weight is
 
     w_k = strength * clip((p_k - lo_k) / (hi_k - lo_k), 0, 1)
 
-with ``lo_k`` the (1 - rate) and ``hi_k`` the (1 - rate / 2) quantile of ``p_k`` on calibration
-images: about ``rate`` of natural inputs per direction are marked, half of them fully. The answer
+with ``lo_k`` the (1 - rate) and ``hi_k`` the (1 - rate * full_share) quantile of ``p_k`` on
+calibration images: about ``rate`` of natural inputs per direction are marked, ``full_share`` of them
+fully (by default half). A small ``full_share`` over a larger ``rate`` makes the mark a long, gentle
+ramp: a copy learns a smooth function of ``p_k`` far better than a step, and customers lose less per
+unit of mark (``bench.owm_design`` measures both). The answer
 becomes ``m = (1 - sum_k w_k) z + sum_k w_k t_k``, rescaled to the standardised norm of ``y`` and
 mapped back to the raw space. After the rescaling this equals a move ``z + sum_k w_k t_k / (1 -
 sum_k w_k)`` along the targets: a mix toward the target and a move along it differ only in how
@@ -55,6 +58,7 @@ PURPOSE = "output-watermark"
 TRUE_LABEL = "key"
 DIRECTIONS = 8  # default K of a key (heist-server watermark-key, the demo, bench.owm)
 RATE = 0.05  # default share of natural inputs each direction marks
+FULL_SHARE = 0.5  # default share of a direction's marked inputs that get the full strength (the rest ramp up)
 GLS_SHRINK = 0.1  # the verifier's shrinkage of the suspect's error covariance (key_statistics)
 REGION_SPACES = ("isotropic", "principal")  # where region normals are drawn (module docstring)
 TARGET_WEIGHTINGS = ("spread", "even")  # how the basis directions weigh in a target (module docstring)
@@ -68,6 +72,8 @@ class WatermarkCalibration(BaseModel):
     dim: int = Field(ge=2)
     directions: int = Field(ge=1, le=64, description="K region / target pairs")
     rate: float = Field(gt=0, le=0.25, description="share of natural inputs each direction marks")
+    full_share: float = Field(default=FULL_SHARE, gt=0, le=1, description=(
+        "share of each direction's marked inputs that get the full strength; the others ramp up linearly"))
     center: tuple[float, ...]
     scale: tuple[float, ...]
     lo: tuple[float, ...]
@@ -180,10 +186,10 @@ def standardise(y: np.ndarray, center: np.ndarray, scale: np.ndarray) -> tuple[n
     return (s / np.maximum(norms, 1e-12)).astype(np.float32), norms.astype(np.float32)
 
 
-def ramp_bounds(proj: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per column, the (1 - rate) and (1 - rate / 2) quantiles (hi nudged above lo)."""
+def ramp_bounds(proj: np.ndarray, rate: float, full_share: float = FULL_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the (1 - rate) and (1 - rate * full_share) quantiles (hi nudged above lo)."""
     lo = np.quantile(proj, 1 - rate, axis=0).astype(np.float32)
-    hi = np.quantile(proj, 1 - rate / 2, axis=0).astype(np.float32)
+    hi = np.quantile(proj, 1 - rate * full_share, axis=0).astype(np.float32)
     return lo, np.maximum(hi, lo + 1e-6)
 
 
@@ -193,7 +199,7 @@ def ramp(proj: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 def calibrate(reps: np.ndarray, secret: bytes, directions: int = DIRECTIONS, rate: float = RATE, rank: int = 32,
               calibrated_on: dict | None = None, region_space: str = "isotropic",
-              target_weighting: str = "spread") -> WatermarkCalibration:
+              target_weighting: str = "spread", full_share: float = FULL_SHARE) -> WatermarkCalibration:
     """The calibration of the secret's key on the victim's clean representations of natural images
     (targets inside the top ``rank`` principal directions of the standardised answers)."""
     reps = np.asarray(reps, np.float32)
@@ -207,8 +213,8 @@ def calibrate(reps: np.ndarray, secret: bytes, directions: int = DIRECTIONS, rat
     basis, basis_sd = vt[:r], sv[:r] / np.sqrt(len(z))
     key = draw_keys(secret, reps.shape[1], directions, [TRUE_LABEL], scaled_basis(basis, target_weights(basis_sd, target_weighting)),
                     region_space)
-    lo, hi = ramp_bounds(z @ key.regions[0].T, rate)
-    return WatermarkCalibration(dim=reps.shape[1], directions=directions, rate=rate, center=tuple(map(float, center)),
+    lo, hi = ramp_bounds(z @ key.regions[0].T, rate, full_share)
+    return WatermarkCalibration(dim=reps.shape[1], directions=directions, rate=rate, full_share=full_share, center=tuple(map(float, center)),
                                 scale=tuple(map(float, scale)), lo=tuple(map(float, lo)), hi=tuple(map(float, hi)),
                                 basis=tuple(tuple(map(float, b)) for b in basis), basis_sd=tuple(map(float, basis_sd)),
                                 region_space=region_space, target_weighting=target_weighting,
@@ -334,7 +340,7 @@ def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibra
     out = np.empty((m, k), np.float64)
     for i in range(m):
         proj = zc @ keys.regions[i].T
-        w = ramp(proj, *ramp_bounds(proj, rate=cal.rate))  # (N, K)
+        w = ramp(proj, *ramp_bounds(proj, cal.rate, cal.full_share))  # (N, K)
         rows = np.flatnonzero(w.sum(1) > 0)
         xr = cx[rows]
         gram = gram_all - xr.T @ xr
@@ -378,7 +384,7 @@ def watermark_scores(suspect: np.ndarray, clean: np.ndarray, secret: bytes, cal:
     mu, sd = float(null.mean()), float(null.std(ddof=1))
     z = (stat - mu) / sd if sd > 0 else 0.0
     proj = standardise(clean, center, scale)[0] @ true.regions[0].T
-    marked = float((ramp(proj, *ramp_bounds(proj, cal.rate)).sum(1) > 0).mean())
+    marked = float((ramp(proj, *ramp_bounds(proj, cal.rate, cal.full_share)).sum(1) > 0).mean())
     return WatermarkScores(statistic=stat, per_direction=[round(float(x), 6) for x in per], decoy_mean=mu, decoy_sd=sd,
                            z=float(z), p_value=float(stats.norm.sf(z)), p_rank=float((1 + (null >= stat).sum()) / (1 + decoys)),
                            n_decoys=decoys, n_images=n, marked_share=marked)

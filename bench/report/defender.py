@@ -238,7 +238,7 @@ def _owm_strengths() -> tuple[list[list[str]], list[str]]:
     with 4,000 or more queries fared, and what customers lost."""
     rows, names = [], []
     for path in sorted(results_dir().glob("defender/owm*.json")):
-        if path.stem == "owm_design":  # bench.owm_design's file: owm_design() renders it
+        if path.stem.startswith("owm_design"):  # bench.owm_design's files: _owm_designs() renders them
             continue
         name = f"defender/{path.stem}"
         d = load(name)
@@ -249,7 +249,7 @@ def _owm_strengths() -> tuple[list[list[str]], list[str]]:
         task = next(iter(main))
         rows.append([f"{d['key']['strength']:g}", d["key"].get("region_space", "isotropic"),
                      d["key"].get("target_weighting", "spread"), str(d["key"]["directions"]),
-                     f"{d['key']['rate']:g}",
+                     f"{d['key']['rate']:g}", f"{d['key'].get('full_share', 0.5):g}",
                      f"{sum(r['p'] < 1e-6 for r in big)} of {len(big)}", f"{min(r['z'] for r in big):.1f}" if big else "-",
                      f"{max(r['p'] for r in big):.1e}" if big else "-",
                      f"{sum(narrow) / len(narrow):+.2f}{se(narrow)} ({len(narrow)} customers)", f"{main[task]:+.2f}",
@@ -285,44 +285,39 @@ copy of the same loss and budget in that run):
 
 
 def _owm_designs() -> str:
-    """The design bench (results/defender/owm_design.json): what a copy learns against what customers lose."""
-    try:
-        d = load("defender/owm_design")
-    except FileNotFoundError:
+    """The design bench (results/defender/owm_design*.json): what a copy learns against what customers lose."""
+    files = sorted(results_dir().glob("defender/owm_design*.json"))
+    runs = [load(f"defender/{p.stem}") for p in files]
+    runs = [d for d in runs if "designs" in d]  # pooled over keys
+    if not runs:
         return ""
-    rows = d["rows"]
-    setting = rows[0]["setting"]
-    tab = [[r["regions"], r.get("targets", "spread"), f"{r['strength']:g}", pct(r["marked_share"], 0),
-            f"{r['customer_drop_mean']:+.2f} ± {r['customer_drop_se']:.2f}", f"{r['planted']:.3f}",
-            pct(r["learnt"], 0) if r["learnt"] is not None else "-", f"{r['z']:.1f}", pv(r["p"]),
-            f"{r['z_plain']:.1f}" if "z_plain" in r else "-"] for r in rows]
-    ok = [r for r in rows if r["customer_drop_mean"] <= 0.5 and r["p"] < 1e-6]
-    learnt: dict[str, list[float]] = {}
-    for r in rows:
-        if r["learnt"] is not None:
-            learnt.setdefault(f"{r['regions']} regions with {r.get('targets', 'spread')} targets", []).append(r["learnt"])
-    return f"""**Designs.** Where the regions and targets lie and how strong the mark is decide both what a copy learns and what
-customers lose. Per design, one key of one secret; the customers' drop is paired (the same
-{setting["customers"]} narrow tasks on clean and marked answers, mean ± standard error), and one copy
-({setting["loss"]}, {setting["queries"]:,} bought answers, {setting["epochs"]} epochs; the API's answer is a
-deterministic function of the victim's, so the copy trains on exactly what it would buy) is verified
-on {setting["align_n"]:,} public images. "Planted" is the statistic on the marked answers themselves,
-"learnt" the copy's share of it; the last column reads the same copy without the check's weighting
-by the suspect's error covariance (the plain projection along the targets):
+    tab, ok = [], []
+    for d in runs:
+        setting = d["rows"][0]["setting"]
+        for g in d["designs"]:
+            tab.append([setting["loss"], g["regions"], g["targets"], f"{g['rate']:g}", f"{g['full_share']:g}", f"{g['strength']:g}",
+                        pct(g["marked_share"], 0), str(g["keys"]), f"{g['customer_drop_mean']:+.2f} ± {g['customer_drop_se']:.2f}",
+                        " / ".join(f"{x:+.2f}" for x in g["key_drops"]), pct(g["learnt"], 0) if g["learnt"] is not None else "-",
+                        " / ".join(f"{x:.1f}" for x in g["z"]), pv(g["p_max"])])
+            if g["customer_drop_mean"] <= 0.5 and g["p_max"] < 1e-6:
+                ok.append(f"{g['design']} ({setting['loss']} copies)")
+    setting = runs[0]["rows"][0]["setting"]
+    return f"""**Designs.** Where the regions and targets lie, how many answers are marked, how gently and how strongly decide
+both what a copy learns and what customers lose, and both vary from key to key as much as between
+designs. Per design, {runs[0]["designs"][0]["keys"]} keys of one secret; per key, the customers' drop is paired (the same
+{setting["customers"]} narrow tasks on clean and marked answers) and one copy ({setting["queries"]:,} bought answers,
+{setting["epochs"]} epochs; the API's answer is a deterministic function of the victim's, so the copy trains on
+exactly what it would buy) is verified on {setting["align_n"]:,} public images. The drop is the mean over keys and
+customers, ± the standard error over keys; "learnt" is the copy's share of the statistic on the marked
+answers themselves (mean over keys). "Rate" is the share of inputs each direction marks, "full" the share
+of those at full strength (the rest on a linear ramp):
 
-```
-{d["command"]}
-```
+{"".join(f"```{chr(10)}{d['command']}{chr(10)}```{chr(10)}{chr(10)}" for d in runs)}{md_table(["copy's loss", "regions", "targets", "rate", "full", "strength", "answers marked", "keys",
+           "customers' drop (points)", "per key", "learnt", "copy z per key", "largest p"], tab)}
 
-{md_table(["regions", "targets", "strength", "answers marked", "customers' drop (points)", "planted", "learnt", "copy z",
-           "copy p", "z, plain projection"], tab)}
-
-The share a copy learns, by kind of key: {"; ".join(f"{sp} " + ", ".join(pct(x, 0) for x in xs) for sp, xs in learnt.items() if xs)}. {
-"Designs that keep customers within 0.5 points and flag this copy at p < 1e-6: " + ", ".join(
-    f"{r['regions']} regions with {r.get('targets', 'spread')} targets at {r['strength']:g}" for r in ok) + "." if ok else
-"No design keeps customers within 0.5 points and flags its copy at p < 1e-6."} One copy per design:
-its z varies with the training run and the key, so a single row is not a design's power
-(source: {src("defender/owm_design.json", "defender/owm_design.md", "defender/owm_design.png")}).
+{"Designs that keep customers within 0.5 points on average and flag every key's copy at p < 1e-6: " + ", ".join(ok) + "."
+ if ok else "No design keeps customers within 0.5 points on average and flags every key's copy at p < 1e-6."} (source: {
+ ", ".join(src(f"defender/{p.stem}.json", f"defender/{p.stem}.md", f"defender/{p.stem}.png") for p in files)}).
 
 """
 
@@ -422,7 +417,7 @@ region is at full weight and moves no more than its neighbours.
 for the extra ones, same victim, directions and rate, a key of its own secret): the copies stolen with
 4,000 or more queries (plain and obfuscated rows) and the customers' mean cost:
 
-{md_table(["strength", "regions", "targets", "directions", "rate", "copies >= 4,000 queries at p < 1e-6", "smallest z", "largest p",
+{md_table(["strength", "regions", "targets", "directions", "rate", "at full strength", "copies >= 4,000 queries at p < 1e-6", "smallest z", "largest p",
            "narrow customers' drop (points)", "main-task drop (points)", "statistic", "source"], _owm_strengths()[0])}
 {_owm_removal_text()}
 {_owm_designs()}Source: {src("defender/owm.json", "defender/owm.md", "defender/owm.png")}."""

@@ -66,10 +66,12 @@ INDEX: list[tuple[str, str, str]] = [
     ("defender/zoo_mnist5k_ref.json", "the same zoo with the watermarks' chance level measured on two unwatermarked "
      "reference encoders (--wm-reference)", "bench.zoo"),
     ("defender/zoo_*.md", "the zoo's table and confusion", "bench.zoo"),
-    ("defender/owm_design.json", "output watermark designs: per region space, target weighting and strength, the customers' "
-     "paired probe drop over 40 narrow tasks and a locally stolen copy's z and learnt share of the mark", "bench.owm_design"),
-    ("defender/owm_design.md", "its table", "bench.owm_design"),
-    ("defender/owm_design.png", "copy z against customers' drop per design", "bench.owm_design"),
+    ("defender/owm_design.json", "output watermark designs: per region space, target weighting, rate, ramp and strength, "
+     "over 3 keys each, the customers' paired probe drop over 40 narrow tasks and a locally stolen MSE copy's z and "
+     "learnt share of the mark", "bench.owm_design"),
+    ("defender/owm_design_softnn.json", "the same designs and keys with SoftNN copies", "bench.owm_design"),
+    ("defender/owm_design*.md", "their tables", "bench.owm_design"),
+    ("defender/owm_design*.png", "copy z against customers' drop per design", "bench.owm_design"),
     ("defender/owm*.json", "output watermark (one file per strength): copies through the marked API, independents, "
      "removal attacks, customers' cost and the null's level on unseen pools", "bench.owm"),
     ("defender/owm*.md", "the output watermark's table", "bench.owm"),

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from server.defences.base import Defence, DefenceParams
-from shared.output_watermark import DIRECTIONS, RATE, Marker, WatermarkCalibration, load_calibration
+from shared.output_watermark import DIRECTIONS, FULL_SHARE, RATE, Marker, WatermarkCalibration, load_calibration
 
 GATES = frozenset({"rate_limit", "pow", "noop"})  # defences that never change answers
 
@@ -49,7 +49,8 @@ class OutputWatermark(Defence):
 
 
 def calibrate_checkpoint(checkpoint: Path, secret: bytes, directions: int = DIRECTIONS, rate: float = RATE, split: str = "test",
-                         n: int = 2000, region_space: str = "isotropic", target_weighting: str = "spread") -> WatermarkCalibration:
+                         n: int = 2000, region_space: str = "isotropic", target_weighting: str = "spread",
+                         full_share: float = FULL_SHARE) -> WatermarkCalibration:
     """The key's calibration on the victim's clean representations of ``n`` images of its benchmark's ``split``."""
     from shared.checkpoint import load_checkpoint
     from shared.data.synthetic import load_split
@@ -64,4 +65,4 @@ def calibrate_checkpoint(checkpoint: Path, secret: bytes, directions: int = DIRE
 
     return calibrate(extract_features(ck.encoder, images), secret, directions, rate,
                      calibrated_on={"checkpoint": str(checkpoint), "dataset": spec.dataset, "split": split, "n": len(images)},
-                     region_space=region_space, target_weighting=target_weighting)
+                     region_space=region_space, target_weighting=target_weighting, full_share=full_share)

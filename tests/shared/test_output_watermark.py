@@ -195,3 +195,30 @@ def test_even_targets_spread_over_the_basis_and_spread_keys_are_unchanged(cal):
         ow.calibrate(cloud(200, 0), SECRET, target_weighting="odd")
     marked, _ = ow.Marker(even, SECRET, 0.25).mark(cloud(1000, 3))
     assert ow.watermark_scores(marked, cloud(1000, 3), SECRET, even, 200).p_value < 1e-6
+
+
+def test_a_long_ramp_marks_more_answers_gently_and_old_keys_keep_half_at_full_strength(cal, tmp_path):
+    """full_share: the share of a direction's marked answers at full strength. A small one over a larger
+    rate marks more answers, most of them weakly; key files written before the field read as 0.5."""
+    ramped = ow.calibrate(cloud(4000, 0), SECRET, directions=4, rate=0.1, full_share=0.05)
+    y = cloud(3000, 1)
+    w_half = ow.Marker(cal, SECRET, 0.3).weights(y)
+    w_ramp = ow.Marker(ramped, SECRET, 0.3).weights(y)
+    assert (w_ramp.sum(1) > 0).mean() > 1.6 * (w_half.sum(1) > 0).mean()  # 10% per direction against 5%
+
+    def full(w: np.ndarray) -> np.ndarray:  # per direction, the share of its marked answers at full strength
+        return (w >= 0.3 - 1e-6).sum(0) / np.maximum((w > 0).sum(0), 1)
+
+    assert full(w_half).mean() == pytest.approx(0.5, abs=0.12) and full(w_ramp).mean() < 0.15
+    assert (w_ramp ** 2).sum(1).mean() < 2 * (w_half ** 2).sum(1).mean()  # twice the answers, not twice the mark's energy
+    old = json.loads(cal.model_dump_json())
+    del old["full_share"]
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps(old))
+    assert ow.load_calibration(p) == cal and cal.full_share == 0.5
+    lo, hi = ow.ramp_bounds(np.arange(1000, dtype=np.float32)[:, None], 0.1, 0.05)
+    assert (lo[0], hi[0]) == pytest.approx((899.1, 994.005), abs=0.01)  # the 90% and 99.5% quantiles
+    marked, _ = ow.Marker(ramped, SECRET, 0.25).mark(cloud(1000, 3))
+    assert ow.watermark_scores(marked, cloud(1000, 3), SECRET, ramped, 200).p_value < 1e-6
+    with pytest.raises(ValueError):
+        ow.calibrate(cloud(400, 0), SECRET, full_share=0.0)
