@@ -106,7 +106,11 @@ def _cmd_steal(args: argparse.Namespace) -> int:
         inputs = distributed.broadcast(None)  # (images, answers, cfg, labels, extra) from rank 0, or None: no training
         if inputs is not None:
             train_stolen(*inputs, progress=False)
-        return 0
+    # A helper rank is done once its process group is destroyed: it leaves without the interpreter's
+    # teardown, in which Gloo's threads can still abort it ("terminate called without an active exception").
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 RANK0_WAIT = timedelta(hours=12)  # how long torchrun's other ranks wait for rank 0 to buy the answers

@@ -20,7 +20,8 @@ from testbed import services
 from testbed.services import RedisProcess, start_redis
 from tests.support import SERVER_TEST_CONFIG, Victim, cleanup_prefix, free_port, server_env
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# two threads per test process, split between pytest-xdist workers (-n) so that they do not oversubscribe the cores
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 
 # fixtures that start real processes or reach a real Redis: a test using one is ``live`` even unmarked
 LIVE_FIXTURES = frozenset({"victim", "server_factory", "redis_server_factory", "redis_url", "redis_cluster"})
