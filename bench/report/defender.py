@@ -302,6 +302,9 @@ def _owm_designs() -> str:
             if g["customer_drop_mean"] <= 0.5 and g["p_max"] < 1e-6:
                 ok.append(f"{g['design']} ({setting['loss']} copies)")
     setting = runs[0]["rows"][0]["setting"]
+    losses = [d["rows"][0]["setting"]["loss"] for d in runs]
+    if not ok:
+        losses = []  # the sentence before already says it for every loss
     return f"""**Designs.** Where the regions and targets lie, how many answers are marked, how gently and how strongly decide
 both what a copy learns and what customers lose, and both vary from key to key as much as between
 designs. Per design, {runs[0]["designs"][0]["keys"]} keys of one secret; per key, the customers' drop is paired (the same
@@ -316,7 +319,8 @@ of those at full strength (the rest on a linear ramp):
            "customers' drop (points)", "per key", "learnt", "copy z per key", "largest p"], tab)}
 
 {"Designs that keep customers within 0.5 points on average and flag every key's copy at p < 1e-6: " + ", ".join(ok) + "."
- if ok else "No design keeps customers within 0.5 points on average and flags every key's copy at p < 1e-6."} (source: {
+ if ok else "No design keeps customers within 0.5 points on average and flags every key's copy at p < 1e-6."}{
+ "".join(f" No design does so for {loss} copies." for loss in losses if not any(f"({loss} copies)" in o for o in ok))} (source: {
  ", ".join(src(f"defender/{p.stem}.json", f"defender/{p.stem}.md", f"defender/{p.stem}.png") for p in files)}).
 
 """
