@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from bench.harness import command, output, table, write_json
 from bench.owm import bench_secret
+from shared.output_watermark import FULL_SHARE, RATE, REGION_SPACES, TARGET_WEIGHTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 DESIGNS = ["isotropic:0.2:even", "isotropic:0.2:even:0.1:0.05", "isotropic:0.22:even:0.1:0.05"]
@@ -55,16 +56,12 @@ class Design:
 
     @property
     def name(self) -> str:
-        from shared.output_watermark import FULL_SHARE, RATE
-
         return (f"{self.regions}-{self.strength:g}" + ("" if self.targets == "spread" else f"-{self.targets}")
                 + ("" if self.rate == RATE else f"-r{self.rate:g}") + ("" if self.full_share == FULL_SHARE else f"-f{self.full_share:g}"))
 
 
 def parse_design(text: str) -> Design:
     """``REGIONS:STRENGTH[:TARGETS[:RATE[:FULL_SHARE]]]`` as a :class:`Design`."""
-    from shared.output_watermark import FULL_SHARE, RATE, REGION_SPACES, TARGET_WEIGHTINGS
-
     parts = text.split(":")
     targets = parts[2] if len(parts) >= 3 else TARGET_WEIGHTINGS[0]
     try:
@@ -89,24 +86,24 @@ def key_secret(secret: bytes, i: int) -> bytes:
 def summarise(rows: list[dict]) -> list[dict]:
     """Per design (in order), its keys' rows pooled: the customers' drop over every key and customer with
     the standard error over keys' means (over customers with one key), and each key's drop and copy z."""
-    out: dict[str, dict] = {}
+    groups: dict[str, list[dict]] = {}
     for r in rows:
-        d = out.setdefault(r["design"], {"design": r["design"], "rows": []})
-        d["rows"].append(r)
-    for d in out.values():
-        rs = d.pop("rows")
+        groups.setdefault(r["design"], []).append(r)
+    out = []
+    for name, rs in groups.items():
         means = np.array([r["customer_drop_mean"] for r in rs])
         all_drops = np.concatenate([r["customer_drops"] for r in rs])
         se = (float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1
               else float(all_drops.std(ddof=1) / np.sqrt(len(all_drops))) if len(all_drops) > 1 else 0.0)
         learnt = [r["learnt"] for r in rs if r["learnt"] is not None]
-        d.update({k: rs[0][k] for k in ("regions", "targets", "strength", "rate", "full_share")})
+        d = {"design": name, **{k: rs[0][k] for k in ("regions", "targets", "strength", "rate", "full_share")}}
         d.update({"keys": len(rs), "customer_drop_mean": round(float(all_drops.mean()), 3), "customer_drop_se": round(se, 3),
                   "key_drops": [r["customer_drop_mean"] for r in rs], "marked_share": round(float(np.mean([r["marked_share"] for r in rs])), 3),
                   "planted": round(float(np.mean([r["planted"] for r in rs])), 4),
                   "learnt": round(float(np.mean(learnt)), 3) if learnt else None,
                   "z": [r["z"] for r in rs], "z_plain": [r["z_plain"] for r in rs], "p_max": max(r["p"] for r in rs)})
-    return list(out.values())
+        out.append(d)
+    return out
 
 
 def customer_drops(clean: np.ndarray, marked: np.ndarray, labels: np.ndarray, tasks: list[np.ndarray],

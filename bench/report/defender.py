@@ -286,12 +286,13 @@ copy of the same loss and budget in that run):
 
 def _owm_designs() -> str:
     """The design bench (results/defender/owm_design*.json): what a copy learns against what customers lose."""
-    files = sorted(results_dir().glob("defender/owm_design*.json"))
-    runs = [load(f"defender/{p.stem}") for p in files]
-    runs = [d for d in runs if "designs" in d]  # pooled over keys
+    loaded = [(p.stem, load(f"defender/{p.stem}")) for p in sorted(results_dir().glob("defender/owm_design*.json"))]
+    stems = [stem for stem, d in loaded if "designs" in d]  # pooled over keys
+    runs = [d for _, d in loaded if "designs" in d]
     if not runs:
         return ""
-    tab, ok = [], []
+    tab: list[list[str]] = []
+    ok: list[tuple[str, str]] = []  # (design, copy's loss) within 0.5 points with every key's copy at p < 1e-6
     for d in runs:
         setting = d["rows"][0]["setting"]
         for g in d["designs"]:
@@ -300,11 +301,10 @@ def _owm_designs() -> str:
                         " / ".join(f"{x:+.2f}" for x in g["key_drops"]), pct(g["learnt"], 0) if g["learnt"] is not None else "-",
                         " / ".join(f"{x:.1f}" for x in g["z"]), pv(g["p_max"])])
             if g["customer_drop_mean"] <= 0.5 and g["p_max"] < 1e-6:
-                ok.append(f"{g['design']} ({setting['loss']} copies)")
+                ok.append((g["design"], setting["loss"]))
     setting = runs[0]["rows"][0]["setting"]
-    losses = [d["rows"][0]["setting"]["loss"] for d in runs]
-    if not ok:
-        losses = []  # the sentence before already says it for every loss
+    # with no design at all the sentence before says it for every loss
+    uncovered = [d["rows"][0]["setting"]["loss"] for d in runs if ok and d["rows"][0]["setting"]["loss"] not in {x[1] for x in ok}]
     return f"""**Designs.** Where the regions and targets lie, how many answers are marked, how gently and how strongly decide
 both what a copy learns and what customers lose, and both vary from key to key as much as between
 designs. Per design, {runs[0]["designs"][0]["keys"]} keys of one secret; per key, the customers' drop is paired (the same
@@ -318,10 +318,11 @@ of those at full strength (the rest on a linear ramp):
 {"".join(f"```{chr(10)}{d['command']}{chr(10)}```{chr(10)}{chr(10)}" for d in runs)}{md_table(["copy's loss", "regions", "targets", "rate", "full", "strength", "answers marked", "keys",
            "customers' drop (points)", "per key", "learnt", "copy z per key", "largest p"], tab)}
 
-{"Designs that keep customers within 0.5 points on average and flag every key's copy at p < 1e-6: " + ", ".join(ok) + "."
+{"Designs that keep customers within 0.5 points on average and flag every key's copy at p < 1e-6: "
+ + ", ".join(f"{design} ({loss} copies)" for design, loss in ok) + "."
  if ok else "No design keeps customers within 0.5 points on average and flags every key's copy at p < 1e-6."}{
- "".join(f" No design does so for {loss} copies." for loss in losses if not any(f"({loss} copies)" in o for o in ok))} (source: {
- ", ".join(src(f"defender/{p.stem}.json", f"defender/{p.stem}.md", f"defender/{p.stem}.png") for p in files)}).
+ "".join(f" No design does so for {loss} copies." for loss in uncovered)} (source: {
+ ", ".join(src(f"defender/{stem}.json", f"defender/{stem}.md", f"defender/{stem}.png") for stem in stems)}).
 
 """
 
