@@ -6,17 +6,21 @@ share of natural inputs each direction marks (default 0.05) and the share of tho
 strength (default 0.5; the rest on a linear ramp), :mod:`shared.output_watermark`. Each design is
 measured with ``--keys`` keys (key 0 from the bench's secret, key ``i`` from the secret with ``/key-i``
 appended): what customers lose varies from key to key as much as between designs, so a design's
-cost is its mean over keys. Per key:
+cost is its mean over keys. Customers' cost is measured with ``--cost-keys`` keys (cheap), copies with the
+first ``--keys`` of them (a copy trains for minutes). Per key:
 
-1. **Customers.** ``--customers`` narrow customers (the trade-off bench's task: 3 classes, 1,200
-   test images, ``LegitTask`` seeds 7, 8, ...) fit the customers' linear probe (``testbed.legit``:
-   two thirds train, one third test) on the victim's clean answers and on the marked ones; the
-   paired drop's mean and standard error.
+1. **Customers.** ``--customers`` narrow customers of their own (the trade-off bench's task: 3 classes,
+   1,200 test images; key ``i``'s customers are ``LegitTask`` seeds ``7 + i * customers``, ...) fit the
+   customers' linear probe (``testbed.legit``: two thirds train, one third test) on the victim's clean
+   answers and on the marked ones; the paired drop's mean and standard error. Customers differ from key
+   to key, so the keys' mean drops are independent draws and their spread is an honest standard error;
+   every design sees the same customers under key ``i``.
 2. **A copy.** ``heist-attack steal``'s trainer (``attacker.steal.train_stolen``, ``--loss``,
    ``--epochs``, batch 128) on the marked answers to ``--queries`` attack images, verified by the
    ``output_watermark`` check's statistic on ``--align-n`` public images against ``--decoys`` decoy
-   keys (z, p), and again with the plain projection along the targets (``shrink=1``, no weighting by
-   the copy's error covariance) for comparison. ``learnt`` is the copy's statistic over the marked
+   keys (z, p), and again for comparison with the plain projection along the targets (``shrink=1``, no
+   weighting by the copy's error covariance) and with the map fitted outside the key's regions
+   (``fit="outside"``). ``learnt`` is the copy's statistic over the marked
    answers' plain one: the share of the planted shift the copy carries.
 
 Local on purpose: with no other defence on a tier, the API's answer is ``Marker.mark`` of the
@@ -24,7 +28,7 @@ victim's answer, so a thief buying over HTTP gets exactly these answers; ``bench
 HTTP for the design of record. Each (design, key) result is kept in ``<work>/<design>-key<i>.json``
 (a rerun resumes). Writes results/defender/<out>.json, .md and .png (default out: owm_design).
 
-    python -m bench.owm_design                      # the default designs, 3 keys each (~1 h on one core)
+    python -m bench.owm_design                      # the default designs: costs over 10 keys, copies over 3 (~1 h on one core)
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def key_secret(secret: bytes, i: int) -> bytes:
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Per design (in order), its keys' rows pooled: the customers' drop over every key and customer with
-    the standard error over keys' means (over customers with one key), and each key's drop and copy z."""
+    the standard error over keys' means (over customers with one key), each key's drop, and each copy's z."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["design"], []).append(r)
@@ -95,13 +99,17 @@ def summarise(rows: list[dict]) -> list[dict]:
         all_drops = np.concatenate([r["customer_drops"] for r in rs])
         se = (float(means.std(ddof=1) / np.sqrt(len(means))) if len(means) > 1
               else float(all_drops.std(ddof=1) / np.sqrt(len(all_drops))) if len(all_drops) > 1 else 0.0)
-        learnt = [r["learnt"] for r in rs if r["learnt"] is not None]
+        copies = [r for r in rs if r["z"] is not None]
+        learnt = [r["learnt"] for r in copies if r["learnt"] is not None]
         d = {"design": name, **{k: rs[0][k] for k in ("regions", "targets", "strength", "rate", "full_share")}}
-        d.update({"keys": len(rs), "customer_drop_mean": round(float(all_drops.mean()), 3), "customer_drop_se": round(se, 3),
-                  "key_drops": [r["customer_drop_mean"] for r in rs], "marked_share": round(float(np.mean([r["marked_share"] for r in rs])), 3),
+        d.update({"keys": len(rs), "copies": len(copies), "customer_drop_mean": round(float(all_drops.mean()), 3),
+                  "customer_drop_se": round(se, 3), "key_drops": [r["customer_drop_mean"] for r in rs],
+                  "marked_share": round(float(np.mean([r["marked_share"] for r in rs])), 3),
                   "planted": round(float(np.mean([r["planted"] for r in rs])), 4),
                   "learnt": round(float(np.mean(learnt)), 3) if learnt else None,
-                  "z": [r["z"] for r in rs], "z_plain": [r["z_plain"] for r in rs], "p_max": max(r["p"] for r in rs)})
+                  "z": [r["z"] for r in copies], "z_plain": [r["z_plain"] for r in copies],
+                  "z_outside": [r.get("z_outside") for r in copies],
+                  "p_max": max(r["p"] for r in copies) if copies else None})
         out.append(d)
     return out
 
@@ -126,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "owm_design", help="secret and per-design results")
     ap.add_argument("--designs", nargs="+", type=parse_design, default=[parse_design(d) for d in DESIGNS],
                     metavar="REGIONS:STRENGTH[:TARGETS[:RATE[:FULL_SHARE]]]")
-    ap.add_argument("--keys", type=int, default=3, help="keys per design (customers' cost and the copy's z vary by key)")
+    ap.add_argument("--keys", type=int, default=3, help="keys per design with a copy (the copy's z varies by key)")
+    ap.add_argument("--cost-keys", type=int, default=10, help="keys per design for the customers' cost (at least --keys)")
     ap.add_argument("--directions", type=int, default=8)
     ap.add_argument("--customers", type=int, default=40)
     ap.add_argument("--queries", type=int, default=4000, help="the copy's bought answers (attack split)")
@@ -137,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="owm_design")
     args = ap.parse_args(argv)
-    if args.keys < 1:
-        ap.error("--keys must be at least 1")
+    if not 1 <= args.keys <= args.cost_keys:
+        ap.error("need 1 <= --keys <= --cost-keys")
 
     import torch
 
@@ -158,26 +167,31 @@ def main(argv: list[str] | None = None) -> int:
     test = load_split(spec, "test", progress=False)
     clean_test = extract_features(victim.encoder, test.images)
     labels = test.labels[spec.main_task]
-    tasks = []
-    for i in range(args.customers):
-        t = LegitTask(seed=7 + i)
-        tasks.append(legit_streams(labels, users=1, images=t.images, classes=t.classes, seed=t.seed)[0])
+
+    def customers(k: int) -> list[np.ndarray]:
+        """Key ``k``'s own customers (each key's drop an independent draw of customers)."""
+        out = []
+        for j in range(args.customers):
+            t = LegitTask(seed=7 + k * args.customers + j)
+            out.append(legit_streams(labels, users=1, images=t.images, classes=t.classes, seed=t.seed)[0])
+        return out
+
     attack = load_split(spec, "attack", progress=False).images[:args.queries]
     clean_attack = extract_features(victim.encoder, attack)
     public = load_split(spec, "public", progress=False).images[:args.align_n]
     clean_public = extract_features(victim.encoder, public)
     setting = {"victim": str(args.victim), "directions": args.directions, "customers": args.customers,
                "queries": args.queries, "loss": args.loss, "epochs": args.epochs, "align_n": args.align_n,
-               "decoys": args.decoys}
-    base: list[float] | None = None
+               "decoys": args.decoys, "customers_per_key": "distinct"}
+    base: dict[int, list[float]] = {}  # key -> its customers' clean accuracies (shared by the designs)
     rows = []
-    units = [(d, k) for d in args.designs for k in range(args.keys)]
+    units = [(d, k) for d in args.designs for k in range(args.cost_keys)]
     for design, k in tqdm(units, desc="designs x keys", unit="key"):
         path = args.work / f"{design.name}-key{k}.json"
         kept = json.loads(path.read_text()) if path.exists() else None
-        if kept is not None and kept["setting"] == setting:
+        if kept is not None and kept["setting"] == setting and (kept["z"] is not None or k >= args.keys):
             rows.append(kept)
-            base = kept["clean_accuracy"]
+            base[k] = kept["clean_accuracy"]
             continue
         key = key_secret(secret, k)
         cal = calibrate(clean_test[:2000], key, args.directions, design.rate, region_space=design.regions,
@@ -185,36 +199,42 @@ def main(argv: list[str] | None = None) -> int:
                         calibrated_on={"checkpoint": str(args.victim), "split": "test", "n": 2000})
         marker = Marker(cal, key, design.strength)
         marked_test, weights = marker.mark(clean_test)
-        base, marked_acc = customer_drops(clean_test, marked_test, labels, tasks, base)
-        drops = 100 * (np.asarray(base) - np.asarray(marked_acc))
-        ckpt, _ = train_stolen(attack, marker.mark(clean_attack)[0],
-                               StealConfig(loss=args.loss, epochs=args.epochs, batch_size=128), progress=False)
-        copy = extract_features(ckpt.encoder, public)
-        res = watermark_scores(copy, clean_public, key, cal, decoys=args.decoys)
-        plain = watermark_scores(copy, clean_public, key, cal, decoys=args.decoys, shrink=1.0)  # no covariance weighting
+        base[k], marked_acc = customer_drops(clean_test, marked_test, labels, customers(k), base.get(k))
+        drops = 100 * (np.asarray(base[k]) - np.asarray(marked_acc))
+        res = plain = outside = None
+        if k < args.keys:
+            ckpt, _ = train_stolen(attack, marker.mark(clean_attack)[0],
+                                   StealConfig(loss=args.loss, epochs=args.epochs, batch_size=128), progress=False)
+            copy = extract_features(ckpt.encoder, public)
+            res = watermark_scores(copy, clean_public, key, cal, decoys=args.decoys)
+            plain = watermark_scores(copy, clean_public, key, cal, decoys=args.decoys, shrink=1.0)  # no covariance weighting
+            outside = watermark_scores(copy, clean_public, key, cal, decoys=args.decoys, fit="outside")
         planted = float(key_statistics(marker.mark(clean_public)[0], clean_public, cal, cal.keys(key, [TRUE_LABEL]),
                                        shrink=1.0)[0].mean())  # the plain shift along the targets
         row = {"design": design.name, "key": k, "regions": design.regions, "targets": design.targets,
                "strength": design.strength, "rate": design.rate, "full_share": design.full_share, "setting": setting,
                "customer_drop_mean": round(float(drops.mean()), 3),
                "customer_drop_se": round(float(drops.std(ddof=1) / np.sqrt(len(drops))), 3),
-               "customer_drops": [round(float(x), 2) for x in drops], "clean_accuracy": base,
+               "customer_drops": [round(float(x), 2) for x in drops], "clean_accuracy": base[k],
                "marked_share": round(float((weights.sum(1) > 0).mean()), 3),
-               "z": round(res.z, 3), "p": res.p_value, "z_plain": round(plain.z, 3), "planted": round(planted, 4),
-               "learnt": round(res.statistic / planted, 3) if planted > 0 else None}
+               "z": round(res.z, 3) if res else None, "p": res.p_value if res else None,
+               "z_plain": round(plain.z, 3) if plain else None, "z_outside": round(outside.z, 3) if outside else None,
+               "planted": round(planted, 4),
+               "learnt": round(res.statistic / planted, 3) if res and planted > 0 else None}
         path.write_text(json.dumps(row, indent=1))
         rows.append(row)
-        tqdm.write(f"{design.name} key {k}: customers {row['customer_drop_mean']:+.2f} ± {row['customer_drop_se']:.2f} points, "
-                   f"copy z {row['z']:.2f} (learnt {row['learnt']})")
+        tqdm.write(f"{design.name} key {k}: customers {row['customer_drop_mean']:+.2f} ± {row['customer_drop_se']:.2f} points"
+                   + (f", copy z {row['z']:.2f} (learnt {row['learnt']})" if res else ""))
     designs = summarise(rows)
-    tab = [{"design": d["design"], "keys": d["keys"], "marked": f"{100 * d['marked_share']:.0f}%",
+    tab = [{"design": d["design"], "keys": f"{d['keys']} ({d['copies']} copies)", "marked": f"{100 * d['marked_share']:.0f}%",
             "customers' drop (points)": f"{d['customer_drop_mean']:+.2f} ± {d['customer_drop_se']:.2f}",
-            "per key": " / ".join(f"{x:+.2f}" for x in d["key_drops"]),
+            "keys' range": f"{min(d['key_drops']):+.2f} to {max(d['key_drops']):+.2f}",
             "planted": f"{d['planted']:.3f}", "learnt": f"{100 * d['learnt']:.0f}%" if d["learnt"] is not None else "-",
-            "copy z per key": " / ".join(f"{x:.2f}" for x in d["z"]), "largest p": f"{d['p_max']:.1e}",
-            "z, plain projection": " / ".join(f"{x:.2f}" for x in d["z_plain"])} for d in designs]
-    cols = ["design", "keys", "marked", "customers' drop (points)", "per key", "planted", "learnt", "copy z per key",
-            "largest p", "z, plain projection"]
+            "copy z per key": " / ".join(f"{x:.2f}" for x in d["z"]), "largest p": f"{d['p_max']:.1e}" if d["p_max"] is not None else "-",
+            "z, plain projection": " / ".join(f"{x:.2f}" for x in d["z_plain"]),
+            "z, map fitted outside": " / ".join(f"{x:.2f}" for x in d["z_outside"])} for d in designs]
+    cols = ["design", "keys", "marked", "customers' drop (points)", "keys' range", "planted", "learnt", "copy z per key",
+            "largest p", "z, plain projection", "z, map fitted outside"]
     text = table(tab, cols)
     print(text)
     cmd = command("bench.owm_design", argv)

@@ -145,6 +145,7 @@ VERIFY_OPTIONS: tuple[tuple[str, str, dict], ...] = (
     ("--di-margin", "di_margin", {"metavar": "RHO"}),
     ("--owm-decoys", "owm_decoys", {}),
     ("--owm-shrink", "owm_shrink", {}),
+    ("--owm-fit", "owm_fit", {}),
     ("--qlog-n", "qlog_n", {}),
     ("--qlog-margin", "qlog_margin", {}),
     ("--mi-dims", "mi_dims", {}),

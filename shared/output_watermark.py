@@ -28,15 +28,17 @@ strength is counted. The mark depends only on the image (not the account), so ev
 every sybil sees the same mark.
 
 Verification (:func:`watermark_scores`, :func:`key_statistics`): on images nobody chose by the
-key, a linear map from the victim's principal coordinates to the suspect's answers is fitted on the
-images outside the key's regions (a map fitted on marked answers would learn to cancel the mark);
-through it, each region image's coordinates are recovered from the suspect's answer and compared
-with the victim's clean coordinates along the target, weighting the directions by the inverse of the
-suspect's own error covariance outside the regions (generalised least squares, :func:`gls_filters`);
-the weighted mean shift, averaged over the K pairs, is the statistic. Decoy keys drawn from the
-same generator are scored on the same answers: for a suspect that never saw the mark the true key
-is one more draw from the decoys' distribution (exchangeable), so the decoys give the null without
-any model of the suspect.
+key, the suspect's answers are regressed jointly on the victim's principal coordinates (a linear map:
+an obfuscation, a copy's own linear distortion) and on the key's mark weights (one free shift per
+direction, ``fit="joint"``, the default); the map is fitted on every image while the mark is absorbed
+by its own regressors, so the map cannot learn to cancel it. Each direction's shift is read back in
+the victim's coordinates along its target, weighting the directions by the inverse of the suspect's
+own error covariance (generalised least squares, :func:`gls_filters`); the mean over the K pairs is
+the statistic. ``fit="outside"`` fits the map on the images outside the key's regions only and averages
+the region images' recovered shifts (fewer images for the map: a noisier map and a larger null).
+Decoy keys drawn from the same generator are scored on the same answers: for a suspect that never
+saw the mark the true key is one more draw from the decoys' distribution (exchangeable), so the decoys
+give the null without any model of the suspect.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ DIRECTIONS = 8  # default K of a key (heist-server watermark-key, the demo, benc
 RATE = 0.05  # default share of natural inputs each direction marks
 FULL_SHARE = 0.5  # default share of a direction's marked inputs that get the full strength (the rest ramp up)
 GLS_SHRINK = 0.1  # the verifier's shrinkage of the suspect's error covariance (key_statistics)
+FITS = ("joint", "outside")  # how the verifier separates the suspect's map from the mark (module docstring)
 REGION_SPACES = ("isotropic", "principal")  # where region normals are drawn (module docstring)
 TARGET_WEIGHTINGS = ("spread", "even")  # how the basis directions weigh in a target (module docstring)
 
@@ -304,25 +307,31 @@ def gls_filters(errors: np.ndarray, targets: np.ndarray, shrink: float) -> np.nd
 
 
 def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibration, keys: Keys, ridge: float = 1e-3,
-                   shrink: float = GLS_SHRINK) -> np.ndarray:
+                   shrink: float = GLS_SHRINK, fit: str = FITS[0]) -> np.ndarray:
     """(M, K) per-pair statistics of a suspect's raw answers (any dimension) against the victim's clean ones.
 
     The victim's answers are described by their coordinates ``c`` in the calibration's principal basis
     (standardised space, before the rows are normalised, so that they are linear in the raw answers),
-    where every target lies. Per key, on the images *outside* its regions only
-    (the regions' bounds taken on these images), the suspect's answers are regressed on ``c`` (ridge,
-    with a bias): a linear obfuscation and a copy's own linear distortion are learnt, never the mark.
-    For each region image the coordinates that best explain the suspect's answer through that map are
-    recovered (least squares) and compared with the victim's clean coordinates along the pair's target;
-    the statistic is their weighted mean. Regressing the suspect on the victim (not the victim on the
-    suspect) keeps a copy's learnt shift at full size: the copy's own errors sit on the explained side.
+    where every target lies. Per key the suspect's answers are regressed on ``c`` (ridge, with a bias):
+    a linear obfuscation and a copy's own linear distortion are learnt, never the mark. Regressing the
+    suspect on the victim (not the victim on the suspect) keeps a copy's learnt shift at full size: the
+    copy's own errors sit on the explained side.
 
-    The comparison along the target is a generalised least-squares one: the recovered-minus-clean
-    differences of the images outside the regions give the copy's error covariance ``S`` (shrunk by
-    ``shrink`` toward its mean variance), and a difference ``d`` reads as ``<S^-1 t, d> / <S^-1 t, t>``:
-    still the shift along ``t`` in its units (a difference ``a t`` reads ``a``), with the directions in
-    which the suspect errs most weighted least. ``shrink=1`` is the plain
-    projection ``<t, d>``."""
+    - ``fit="joint"``: on every image, with the key's K mark weights (times the image's standardised
+      norm, the mark's size in ``c``) as K more regressors, each with a free shift in the suspect's
+      space. Each shift is mapped back to the victim's coordinates (least squares through the map):
+      the pair's statistic is that shift read along its target, the shift at full weight.
+    - ``fit="outside"``: on the images outside the key's regions only; each region image's coordinates
+      are recovered from its answer through the map and compared with its clean ones along the target,
+      and the pair's statistic is their mean weighted by the mark's weights.
+
+    A difference ``d`` is read along a target as ``<S^-1 t, d> / <S^-1 t, t>`` (generalised least
+    squares): ``S`` is the covariance of the recovered-minus-clean differences of the images the mark
+    leaves alone (``fit="outside"``) or of every image once the fitted mark is removed (``"joint"``),
+    shrunk by ``shrink`` toward its mean variance. A difference ``a t`` still reads ``a``, and the
+    directions in which the suspect errs most weigh least; ``shrink=1`` is the plain projection ``<t, d>``."""
+    if fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}; choose one of {', '.join(FITS)}")
     center, scale = np.asarray(cal.center, np.float32), np.asarray(cal.scale, np.float32)
     basis = np.asarray(cal.basis, np.float64)  # (r, D), orthonormal rows
     s = np.asarray(suspect, np.float64)
@@ -333,23 +342,19 @@ def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibra
     cx = np.concatenate([c, np.ones((len(c), 1))], axis=1)
     gram_all, cross_all = cx.T @ cx, cx.T @ s
     r = len(basis)
-    eye = np.eye(r + 1)
-    eye[-1, -1] = 0.0  # the bias is not shrunk
     targets = keys.targets.astype(np.float64) @ basis.T  # (M, K, r): targets in basis coordinates
     m, k, _ = keys.regions.shape
     out = np.empty((m, k), np.float64)
     for i in range(m):
         proj = zc @ keys.regions[i].T
         w = ramp(proj, *ramp_bounds(proj, cal.rate, cal.full_share))  # (N, K)
+        if fit == "joint":
+            out[i] = _joint_shifts(s, c, norms, cx, gram_all, cross_all, w * norms, targets[i], ridge, shrink)
+            continue
         rows = np.flatnonzero(w.sum(1) > 0)
         xr = cx[rows]
-        gram = gram_all - xr.T @ xr
-        lam = ridge * float(np.trace(gram[:-1, :-1])) / r
-        b = np.linalg.solve(gram + lam * eye, cross_all - xr.T @ s[rows])  # (r + 1, Ds): suspect ~ c @ b[:-1] + b[-1]
-        lin = b[:-1]
-        bb = lin @ lin.T
-        recovered = np.linalg.solve(bb + 1e-9 * np.trace(bb) / r * np.eye(r), lin @ (s - b[-1]).T).T  # (N, r)
-        diff = (recovered - c) / norms  # back to the unit (normalised) scale
+        lin, bias, _ = _solve_ridge(gram_all - xr.T @ xr, cross_all - xr.T @ s[rows], ridge, r)
+        diff = (_recover(lin, s - bias) - c) / norms  # back to the unit (normalised) scale
         outside = np.ones(len(c), bool)
         outside[rows] = False
         filt = gls_filters(diff[outside], targets[i], shrink)
@@ -359,8 +364,38 @@ def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibra
     return out
 
 
+def _solve_ridge(gram: np.ndarray, cross: np.ndarray, ridge: float, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The normal equations of ``suspect ~ c @ lin + bias + more @ rest`` (regressors in that order), with
+    the ``r`` coordinates shrunk (ridge relative to their mean variance): ``lin`` (r, Ds), ``bias``, ``rest``."""
+    g = gram.copy()
+    lam = ridge * float(np.trace(g[:r, :r])) / r
+    g[np.arange(r), np.arange(r)] += lam
+    extra = np.arange(r + 1, len(g))
+    g[extra, extra] += 1e-9 * max(float(np.trace(g)) / len(g), 1e-12)
+    b = np.linalg.solve(g, cross)
+    return b[:r], b[r], b[r + 1:]
+
+
+def _recover(lin: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Least-squares victim coordinates (N, r) of suspect rows ``s`` (N, Ds) through the map ``lin`` (r, Ds)."""
+    r = len(lin)
+    bb = lin @ lin.T
+    return np.linalg.solve(bb + 1e-9 * np.trace(bb) / r * np.eye(r), lin @ s.T).T
+
+
+def _joint_shifts(s: np.ndarray, c: np.ndarray, norms: np.ndarray, cx: np.ndarray, gram_all: np.ndarray,
+                  cross_all: np.ndarray, marks: np.ndarray, targets: np.ndarray, ridge: float, shrink: float) -> np.ndarray:
+    """``fit="joint"`` for one key: the K mark regressors ``marks`` (N, K) fitted beside the map; each
+    one's shift in the victim's coordinates read along its target (K,)."""
+    r = c.shape[1]
+    gram = np.block([[gram_all, cx.T @ marks], [marks.T @ cx, marks.T @ marks]])
+    lin, bias, shifts = _solve_ridge(gram, np.concatenate([cross_all, marks.T @ s]), ridge, r)
+    residual = (_recover(lin, s - bias - marks @ shifts) - c) / norms  # the suspect's own errors, unit scale
+    return (gls_filters(residual, targets, shrink) * _recover(lin, shifts)).sum(1)
+
+
 def watermark_scores(suspect: np.ndarray, clean: np.ndarray, secret: bytes, cal: WatermarkCalibration,
-                     decoys: int = 1000, ridge: float = 1e-3, shrink: float = GLS_SHRINK) -> WatermarkScores:
+                     decoys: int = 1000, ridge: float = 1e-3, shrink: float = GLS_SHRINK, fit: str = FITS[0]) -> WatermarkScores:
     """The true key's statistic on a suspect's raw answers and the victim's clean answers to the same
     images, against ``decoys`` decoy keys scored the same way on the same answers."""
     from scipy import stats
@@ -378,8 +413,8 @@ def watermark_scores(suspect: np.ndarray, clean: np.ndarray, secret: bytes, cal:
         raise ValueError("at least 100 decoy keys are needed for the null")
     center, scale = np.asarray(cal.center, np.float32), np.asarray(cal.scale, np.float32)
     true = cal.keys(secret, [TRUE_LABEL])
-    per = key_statistics(suspect, clean, cal, true, ridge, shrink)[0]
-    null = key_statistics(suspect, clean, cal, cal.keys(secret, decoy_labels(decoys)), ridge, shrink).mean(1)
+    per = key_statistics(suspect, clean, cal, true, ridge, shrink, fit)[0]
+    null = key_statistics(suspect, clean, cal, cal.keys(secret, decoy_labels(decoys)), ridge, shrink, fit).mean(1)
     stat = float(per.mean())
     mu, sd = float(null.mean()), float(null.std(ddof=1))
     z = (stat - mu) / sd if sd > 0 else 0.0

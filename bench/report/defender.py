@@ -228,9 +228,11 @@ def se(xs: list[float]) -> str:
 
 
 def _owm_statistic(verify_config: dict) -> str:
-    """How a run's check read the shift along the targets (a file without ``owm_shrink`` used the plain projection)."""
+    """How a run's check read the shift along the targets (a file without ``owm_shrink`` used the plain
+    projection, one without ``owm_fit`` the map fitted outside the regions)."""
     shrink = verify_config.get("owm_shrink", 1.0)
-    return "plain projection" if shrink >= 1 else f"GLS (shrink {shrink:g})"
+    read = "plain projection" if shrink >= 1 else f"GLS (shrink {shrink:g})"
+    return f"{read}, {verify_config.get('owm_fit', 'outside')} fit"
 
 
 def _owm_strengths() -> tuple[list[list[str]], list[str]]:
@@ -297,26 +299,32 @@ def _owm_designs() -> str:
         setting = d["rows"][0]["setting"]
         for g in d["designs"]:
             tab.append([setting["loss"], g["regions"], g["targets"], f"{g['rate']:g}", f"{g['full_share']:g}", f"{g['strength']:g}",
-                        pct(g["marked_share"], 0), str(g["keys"]), f"{g['customer_drop_mean']:+.2f} ± {g['customer_drop_se']:.2f}",
-                        " / ".join(f"{x:+.2f}" for x in g["key_drops"]), pct(g["learnt"], 0) if g["learnt"] is not None else "-",
-                        " / ".join(f"{x:.1f}" for x in g["z"]), pv(g["p_max"])])
+                        pct(g["marked_share"], 0), f"{g['keys']} ({g.get('copies', g['keys'])})",
+                        f"{g['customer_drop_mean']:+.2f} ± {g['customer_drop_se']:.2f}",
+                        f"{min(g['key_drops']):+.2f} to {max(g['key_drops']):+.2f}", pct(g["learnt"], 0) if g["learnt"] is not None else "-",
+                        " / ".join(f"{x:.1f}" for x in g["z"]), pv(g["p_max"]),
+                        " / ".join(f"{x:.1f}" for x in g["z_outside"]) if g.get("z_outside") else "-"])
             if g["customer_drop_mean"] <= 0.5 and g["p_max"] < 1e-6:
                 ok.append((g["design"], setting["loss"]))
     setting = runs[0]["rows"][0]["setting"]
     # with no design at all the sentence before says it for every loss
     uncovered = [d["rows"][0]["setting"]["loss"] for d in runs if ok and d["rows"][0]["setting"]["loss"] not in {x[1] for x in ok}]
+    distinct = setting.get("customers_per_key") == "distinct"
     return f"""**Designs.** Where the regions and targets lie, how many answers are marked, how gently and how strongly decide
-both what a copy learns and what customers lose, and both vary from key to key as much as between
-designs. Per design, {runs[0]["designs"][0]["keys"]} keys of one secret; per key, the customers' drop is paired (the same
-{setting["customers"]} narrow tasks on clean and marked answers) and one copy ({setting["queries"]:,} bought answers,
-{setting["epochs"]} epochs; the API's answer is a deterministic function of the victim's, so the copy trains on
-exactly what it would buy) is verified on {setting["align_n"]:,} public images. The drop is the mean over keys and
-customers, ± the standard error over keys; "learnt" is the copy's share of the statistic on the marked
-answers themselves (mean over keys). "Rate" is the share of inputs each direction marks, "full" the share
-of those at full strength (the rest on a linear ramp):
+both what a copy learns and what customers lose. Per design, {runs[0]["designs"][0]["keys"]} keys of one secret for the
+customers' cost and a copy for {runs[0]["designs"][0].get("copies", runs[0]["designs"][0]["keys"])} of them (in brackets);
+per key, the customers' drop is paired ({setting["customers"]} narrow tasks{" of that key's own" if distinct else ""} on clean and marked answers) and
+a copy ({setting["queries"]:,} bought answers, {setting["epochs"]} epochs; the API's answer is a deterministic function of
+the victim's, so the copy trains on exactly what it would buy) is verified on {setting["align_n"]:,} public images.
+The drop is the mean over keys and customers, ± the standard error over keys{
+" (each key has its own customers, so the keys' means are independent)" if distinct else " (the same customers under every key)"};
+"learnt" is the copy's share of the statistic on the marked answers themselves (mean over copies);
+the last column reads the same copies with the map fitted outside the key's regions only (`--owm-fit outside`).
+"Rate" is the share of inputs each direction marks, "full" the share of those at full strength (the
+rest on a linear ramp):
 
-{"".join(f"```{chr(10)}{d['command']}{chr(10)}```{chr(10)}{chr(10)}" for d in runs)}{md_table(["copy's loss", "regions", "targets", "rate", "full", "strength", "answers marked", "keys",
-           "customers' drop (points)", "per key", "learnt", "copy z per key", "largest p"], tab)}
+{"".join(f"```{chr(10)}{d['command']}{chr(10)}```{chr(10)}{chr(10)}" for d in runs)}{md_table(["copy's loss", "regions", "targets", "rate", "full", "strength", "answers marked", "keys (copies)",
+           "customers' drop (points)", "keys' range", "learnt", "copy z per key", "largest p", "z, map fitted outside"], tab)}
 
 {"Designs that keep customers within 0.5 points on average and flag every key's copy at p < 1e-6: "
  + ", ".join(f"{design} ({loss} copies)" for design, loss in ok) + "."
@@ -374,8 +382,9 @@ pulls answers for images in {key["directions"]} keyed regions of the victim's re
 about {pct(key["rate"], 0)} of natural images) toward keyed target directions, at strength {key["strength"]}; the key comes from the
 server secret and a calibration file (`heist-server watermark-key`). `heist-defend verify --owm-key FILE`
 reads it on the suspect's answers to {d["verify_config"]["align_n"]:,} public queries (per key, a linear map from the victim's
-principal coordinates to the suspect's answers, fitted outside the key's regions, recovers the region images'
-coordinates; the shift along each target is read by {_owm_statistic(d["verify_config"])}), against {d["verify_config"]["owm_decoys"]:,} decoy keys drawn like the true one: the decoys' spread is the null. Copies were stolen over HTTP from a tier with the watermark, controls from a tier
+principal coordinates to the suspect's answers, {"fitted outside the key's regions, recovers the region images' coordinates"
+if d["verify_config"].get("owm_fit", "outside") == "outside" else "fitted on every image jointly with the key's mark weights, maps each direction's shift back"};
+the shift along each target is read by {_owm_statistic(d["verify_config"])}), against {d["verify_config"]["owm_decoys"]:,} decoy keys drawn like the true one: the decoys' spread is the null. Copies were stolen over HTTP from a tier with the watermark, controls from a tier
 without it; each suspect is verified plain and behind permute, affine and pad-shuffle obfuscation:
 
 ```

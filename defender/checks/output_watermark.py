@@ -2,9 +2,9 @@
 answers to the public queries, against decoy keys drawn from the same secret (:mod:`shared.output_watermark`).
 
 Every key (the true one and each decoy) fits its own linear map from the victim's principal
-coordinates to the suspect's answers on the images outside that key's regions, so the map never
-sees an answer the key would mark and learns obfuscations (permuted, padded, affine answers) but not
-the mark; every key is treated alike. For a suspect that never learnt the mark the true key is
+coordinates to the suspect's answers, with the key's mark weights as regressors of their own
+(``owm_fit="joint"``) or on the images outside the key's regions only (``"outside"``), so the map
+learns obfuscations (permuted, padded, affine answers) but not the mark; every key is treated alike. For a suspect that never learnt the mark the true key is
 exchangeable with the decoys, and the decoys' spread is the null. No extra queries: the public
 queries are the ones alignment and similarity already make.
 """
@@ -32,7 +32,7 @@ class OutputWatermarkCheck(Check):
             raise ValueError(f"the watermark key is for {cal.dim}-d representations, the victim answers {victim.shape[1]}-d")
         try:
             res = watermark_scores(suspect, victim, secret, cal, decoys=cfg.owm_decoys, ridge=cfg.align_ridge,
-                                   shrink=cfg.owm_shrink)
+                                   shrink=cfg.owm_shrink, fit=cfg.owm_fit)
         except ValueError as e:  # too few public queries for the key's regions or the suspect's dimension
             return [Verdict(self.name, "z", None, None, "n/a", {"reason": f"align_n={len(suspect)}: {e}"})]
         verdict = "stolen" if res.p_value < cfg.alpha else "independent"

@@ -222,6 +222,8 @@ def test_output_watermark_reads_marked_answers_behind_obfuscation(zoo):
         assert row is not None and row.verdict == "independent" and row.p_value > CFG.alpha, (name, row)
     wrong = verify(victim, marked, cfg, owm=(cal, b"another-secret-0123456789")).row("output_watermark")
     assert wrong is not None and wrong.p_value > CFG.alpha  # another secret's key finds nothing
+    outside = verify(victim, marked, cfg.model_copy(update={"owm_fit": "outside"}), owm=(cal, secret)).row("output_watermark")
+    assert outside is not None and outside.verdict == "stolen" and outside.detail["statistic"] != hit.detail["statistic"]
 
 
 def test_query_count_and_cache(zoo):
