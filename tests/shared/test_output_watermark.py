@@ -233,15 +233,15 @@ def test_the_joint_fit_finds_a_partly_learnt_mark_better_than_the_map_fitted_out
     clean = cloud(600, 3)
     marked, _ = ow.Marker(cal, SECRET, 0.25).mark(clean)
     z = {fit: [] for fit in ow.FITS}
-    for i in range(8):
+    for i in range(6):
         rng = np.random.default_rng(20 + i)
         a = rng.standard_normal((D, D + 8)).astype(np.float32)
         noise = 0.3 * clean.std(0) * rng.standard_normal(clean.shape).astype(np.float32)
         for fit in ow.FITS:
-            z[fit].append(ow.watermark_scores((clean + 0.15 * (marked - clean) + noise) @ a, clean, SECRET, cal, 200, fit=fit).z)
-            if i < 3:
-                assert ow.watermark_scores((clean + noise) @ a, clean, SECRET, cal, 200, fit=fit).p_value > 0.01
+            z[fit].append(ow.watermark_scores((clean + 0.15 * (marked - clean) + noise) @ a, clean, SECRET, cal, 100, fit=fit).z)
+            if i < 2:
+                assert ow.watermark_scores((clean + noise) @ a, clean, SECRET, cal, 100, fit=fit).p_value > 0.01
     joint, outside = np.asarray(z["joint"]), np.asarray(z["outside"])
-    assert (joint > outside).sum() >= 6 and joint.mean() > outside.mean() + 0.3 and joint.min() > 3
+    assert (joint > outside).sum() >= 5 and joint.mean() > outside.mean() + 0.3 and joint.min() > 3
     with pytest.raises(ValueError, match="unknown fit"):
         ow.key_statistics(clean, clean, cal, cal.keys(SECRET, [ow.TRUE_LABEL]), fit="inside")
