@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from bench.harness import command, output, table, write_json
 from bench.owm import bench_secret
-from shared.output_watermark import FULL_SHARE, RATE, REGION_SPACES, TARGET_WEIGHTINGS
+from shared.output_watermark import DIRECTIONS, FULL_SHARE, RATE, REGION_SPACES, TARGET_WEIGHTINGS, check_shape
 
 REPO = Path(__file__).resolve().parent.parent
 DESIGNS = ["isotropic:0.2:even", "isotropic:0.2:even:0.1:0.05", "isotropic:0.22:even:0.1:0.05"]
@@ -73,9 +73,10 @@ def parse_design(text: str) -> Design:
         strength = float(parts[1]) if ok else -1.0
         rate = float(parts[3]) if len(parts) >= 4 else RATE
         full = float(parts[4]) if len(parts) == 5 else FULL_SHARE
-    except ValueError:
+        check_shape(DIRECTIONS, rate, full)  # the calibration file's own bounds
+    except ValueError:  # pydantic's ValidationError included
         ok = False
-    if not ok or not 0 < strength <= 1 or not 0 < rate <= 0.25 or not 0 < full <= 1:
+    if not ok or not 0 < strength <= 1:
         raise argparse.ArgumentTypeError(
             f"a design is REGIONS:STRENGTH[:TARGETS[:RATE[:FULL_SHARE]]] with REGIONS in {REGION_SPACES}, STRENGTH in (0, 1], "
             f"TARGETS in {TARGET_WEIGHTINGS}, RATE in (0, 0.25] and FULL_SHARE in (0, 1], got {text!r}")

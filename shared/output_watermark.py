@@ -48,10 +48,10 @@ import hmac
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from shared.transforms import keyed_rng
 
@@ -67,16 +67,30 @@ REGION_SPACES = ("isotropic", "principal")  # where region normals are drawn (mo
 TARGET_WEIGHTINGS = ("spread", "even")  # how the basis directions weigh in a target (module docstring)
 
 
+Directions = Annotated[int, Field(ge=1, le=64, description="K region / target pairs")]
+Rate = Annotated[float, Field(gt=0, le=0.25, description="share of natural inputs each direction marks")]
+FullShare = Annotated[float, Field(gt=0, le=1, description=(
+    "share of each direction's marked inputs that get the full strength; the others ramp up linearly"))]
+
+
+def check_shape(directions: int, rate: float, full_share: float) -> None:
+    """Refuse (ValueError) a key shape the calibration file would refuse, before any feature is extracted for it."""
+    for name, kind, value in (("directions", Directions, directions), ("rate", Rate, rate), ("full_share", FullShare, full_share)):
+        try:
+            TypeAdapter(kind).validate_python(value)
+        except ValidationError as e:
+            raise ValueError(f"{name}={value!r}: {e.errors()[0]['msg']}") from None
+
+
 class WatermarkCalibration(BaseModel):
     """The calibration file of a watermark key (no secret in it: the vectors come from the server secret)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     format: Literal["encoder-heist-owm/1"] = FORMAT
     dim: int = Field(ge=2)
-    directions: int = Field(ge=1, le=64, description="K region / target pairs")
-    rate: float = Field(gt=0, le=0.25, description="share of natural inputs each direction marks")
-    full_share: float = Field(default=FULL_SHARE, gt=0, le=1, description=(
-        "share of each direction's marked inputs that get the full strength; the others ramp up linearly"))
+    directions: Directions
+    rate: Rate
+    full_share: FullShare = FULL_SHARE
     center: tuple[float, ...]
     scale: tuple[float, ...]
     lo: tuple[float, ...]

@@ -54,8 +54,10 @@ def calibrate_checkpoint(checkpoint: Path, secret: bytes, directions: int = DIRE
     """The key's calibration on the victim's clean representations of ``n`` images of its benchmark's ``split``."""
     from shared.checkpoint import load_checkpoint
     from shared.data.synthetic import load_split
+    from shared.output_watermark import check_shape
     from shared.probe import extract_features
 
+    check_shape(directions, rate, full_share)  # before loading and extracting anything
     ck = load_checkpoint(checkpoint)
     spec = ck.config.data_spec()
     if split not in spec.splits:

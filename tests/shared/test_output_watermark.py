@@ -222,6 +222,13 @@ def test_a_long_ramp_marks_more_answers_gently_and_old_keys_keep_half_at_full_st
     assert ow.watermark_scores(marked, cloud(1000, 3), SECRET, ramped, 200).p_value < 1e-6
     with pytest.raises(ValueError):
         ow.calibrate(cloud(400, 0), SECRET, full_share=0.0)
+    # a bad shape is refused before the victim is even loaded (the checkpoint here does not exist)
+    from server.defences.output_watermark import calibrate_checkpoint
+
+    ow.check_shape(ow.DIRECTIONS, ow.RATE, ow.FULL_SHARE)
+    for bad in ((8, 0.1, 0.0), (8, 0.3, 0.5), (0, 0.1, 0.5)):
+        with pytest.raises(ValueError, match="greater than|less than"):
+            calibrate_checkpoint(tmp_path / "no-such-victim", SECRET, bad[0], bad[1], full_share=bad[2])
 
 
 def test_the_joint_fit_finds_a_partly_learnt_mark_better_than_the_map_fitted_outside_the_regions():
