@@ -34,6 +34,7 @@ HTTP for the design of record. Each (design, key) result is kept in ``<work>/<de
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     clean_test = extract_features(victim.encoder, test.images)
     labels = test.labels[spec.main_task]
 
+    @functools.cache  # every design meets key k's customers
     def customers(k: int) -> list[np.ndarray]:
         """Key ``k``'s own customers (each key's drop an independent draw of customers)."""
         out = []

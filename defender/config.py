@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.output_watermark import Fit
+
 DI_CANDIDATES = (1, 3, 10)
 METHODS = ("output_watermark", "watermark", "watermark_aligned", "dataset_inference", "dataset_inference_aligned", "query_log",
            "similarity")
@@ -54,7 +56,7 @@ class VerifyConfig(BaseModel):
     owm_shrink: float = Field(default=0.1, ge=0, le=1, description=(
         "output watermark: shrinkage of the suspect's error covariance toward its mean variance in the generalised "
         "least-squares reading of the shift along each target (1: the plain projection, no weighting)"))
-    owm_fit: Literal["joint", "outside"] = Field(default="joint", description=(
+    owm_fit: Fit = Field(default="joint", description=(
         "output watermark: how the suspect's map is kept from learning the mark: joint (on every public image, with "
         "the key's mark weights as regressors of their own) or outside (on the images outside the key's regions only)"))
     qlog_n: int = Field(default=250, ge=20, description=(

@@ -48,7 +48,7 @@ import hmac
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -62,7 +62,8 @@ DIRECTIONS = 8  # default K of a key (heist-server watermark-key, the demo, benc
 RATE = 0.05  # default share of natural inputs each direction marks
 FULL_SHARE = 0.5  # default share of a direction's marked inputs that get the full strength (the rest ramp up)
 GLS_SHRINK = 0.1  # the verifier's shrinkage of the suspect's error covariance (key_statistics)
-FITS = ("joint", "outside")  # how the verifier separates the suspect's map from the mark (module docstring)
+Fit = Literal["joint", "outside"]  # how the verifier separates the suspect's map from the mark (module docstring)
+FITS: tuple[Fit, ...] = get_args(Fit)
 REGION_SPACES = ("isotropic", "principal")  # where region normals are drawn (module docstring)
 TARGET_WEIGHTINGS = ("spread", "even")  # how the basis directions weigh in a target (module docstring)
 
@@ -321,7 +322,7 @@ def gls_filters(errors: np.ndarray, targets: np.ndarray, shrink: float) -> np.nd
 
 
 def key_statistics(suspect: np.ndarray, clean: np.ndarray, cal: WatermarkCalibration, keys: Keys, ridge: float = 1e-3,
-                   shrink: float = GLS_SHRINK, fit: str = FITS[0]) -> np.ndarray:
+                   shrink: float = GLS_SHRINK, fit: Fit = "joint") -> np.ndarray:
     """(M, K) per-pair statistics of a suspect's raw answers (any dimension) against the victim's clean ones.
 
     The victim's answers are described by their coordinates ``c`` in the calibration's principal basis
@@ -409,7 +410,7 @@ def _joint_shifts(s: np.ndarray, c: np.ndarray, norms: np.ndarray, cx: np.ndarra
 
 
 def watermark_scores(suspect: np.ndarray, clean: np.ndarray, secret: bytes, cal: WatermarkCalibration,
-                     decoys: int = 1000, ridge: float = 1e-3, shrink: float = GLS_SHRINK, fit: str = FITS[0]) -> WatermarkScores:
+                     decoys: int = 1000, ridge: float = 1e-3, shrink: float = GLS_SHRINK, fit: Fit = "joint") -> WatermarkScores:
     """The true key's statistic on a suspect's raw answers and the victim's clean answers to the same
     images, against ``decoys`` decoy keys scored the same way on the same answers."""
     from scipy import stats
